@@ -1,0 +1,1 @@
+"""anytime-cpt: continual pre-training with anytime fine-tuning evaluation, on Ray."""

