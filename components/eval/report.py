@@ -62,15 +62,16 @@ def _heatmap_png(
 ) -> bytes:
     """Two annotated heatmaps (accuracy, macro-F1) with the seen/unseen staircase."""
     n = len(domains)
-    fig = Figure(figsize=(4 + 2.4 * n, 1.5 + 0.8 * (n + 1)))  # Agg canvas; no pyplot state
+    fig = Figure(figsize=(2 * (2.2 + 0.9 * n), 2.0 + 0.7 * (n + 1)))  # Agg canvas; no pyplot state
     axes = fig.subplots(1, 2, squeeze=False)
     for ax, score in zip(axes[0], SCORES):
         mean = stats[score][0]
         image = ax.imshow(np.ma.masked_invalid(mean), vmin=0.0, vmax=1.0, cmap="viridis")
         for i in range(n + 1):
             for j in range(n):
-                text = "–" if math.isnan(mean[i, j]) else f"{mean[i, j]:.3f}"
-                color = "black" if not math.isnan(mean[i, j]) and mean[i, j] > 0.6 else "white"
+                missing = math.isnan(mean[i, j])
+                text = "n/a" if missing else f"{mean[i, j]:.3f}"
+                color = "white" if not missing and mean[i, j] < 0.6 else "black"
                 ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
         # Row i sees tasks j <= i: the boundary runs down the diagonal as a staircase.
         xs = [x for i in range(n + 1) for x in (i - 0.5, i - 0.5)]
@@ -123,7 +124,8 @@ def _report_md(
         for name in METRIC_NAMES
     ]
     parts += ["## Metrics", _md_table(["metric", *[SCORE_LABELS[s] for s in SCORES]], metric_rows)]
-    parts += ["## Configuration", "\n".join(f"- {k}: {v}" for k, v in config_summary.items())]
+    config = "\n".join(f"- {k}: {v}" for k, v in config_summary.items()) or "(none given)"
+    parts += ["## Configuration", config]
     if diagnostics:
         parts.append("## Diagnostics")
         for name, diag in diagnostics.items():

@@ -1,0 +1,148 @@
+"""The one fine-tuning loop (anytime cells and experts; methods plug loss terms into it).
+
+    L = L_task + sum of the plug-ins' weighted terms,
+    L_task = CE(logits, y) for classification, MSE(logit, y) for regression.
+
+AdamW (backbone lr, head/new-module lr), linear warmup + decay, `evals_per_epoch` dev
+evaluations per epoch; the state with the best dev score is kept in memory and scored on test.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from components.config import FinetuneConfig
+from components.eval.scores import accuracy, macro_f1
+from components.finetune.plugin import FinetunePlugin
+from components.finetune.task_model import TaskBatch, TaskModel
+from components.pretrain.loop import autocast_for
+from components.pretrain.schedule import make_scheduler
+
+
+@dataclass
+class FinetuneResult:
+    accuracy: float
+    macro_f1: float
+    best_dev: float
+    dev_curve: list[dict] = field(default_factory=list)
+    steps: int = 0
+    extra_forwards: int = 0
+    extra_backwards: int = 0
+    best_state: dict | None = None
+
+
+def batches(data: dict[str, torch.Tensor], batch_size: int, order: np.ndarray | None = None):
+    """TaskBatches trimmed to the longest sequence in each batch (dynamic padding)."""
+    n = len(data["labels"])
+    order = np.arange(n) if order is None else order
+    for s in range(0, n, batch_size):
+        idx = torch.from_numpy(order[s:s + batch_size])
+        length = int(data["attention_mask"][idx].sum(1).max())
+        yield TaskBatch(
+            input_ids=data["input_ids"][idx, :length],
+            attention_mask=data["attention_mask"][idx, :length],
+            labels=data["labels"][idx],
+            token_type_ids=data["token_type_ids"][idx, :length] if "token_type_ids" in data else None,
+            mask_pos=data["mask_pos"][idx] if "mask_pos" in data else None,
+        )
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+@torch.no_grad()
+def predict(model: TaskModel, data: dict[str, torch.Tensor], batch_size: int, device: torch.device,
+            precision: str = "auto") -> np.ndarray:
+    model.eval()
+    out = []
+    for b in batches(data, batch_size * 2):
+        with autocast_for(device, precision):
+            logits = model(b.to(device)).logits.float()
+        out.append(logits.cpu())
+    model.train()
+    return torch.cat(out).numpy()
+
+
+def score(logits: np.ndarray, labels: torch.Tensor, regression: bool) -> dict[str, float]:
+    """Classification: accuracy and macro-F1. Regression: both slots hold Pearson r."""
+    gold = labels.numpy()
+    if regression:
+        r = float(np.corrcoef(logits[:, 0], gold)[0, 1]) if len(gold) > 1 else 0.0
+        return {"accuracy": r, "macro_f1": r}
+    pred = logits.argmax(-1)
+    return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold)}
+
+
+def finetune(
+    model: TaskModel,
+    plugins: list[FinetunePlugin],
+    train: dict[str, torch.Tensor],
+    dev: dict[str, torch.Tensor],
+    test: dict[str, torch.Tensor],
+    cfg: FinetuneConfig,
+    seed: int,
+    device: torch.device,
+    regression: bool = False,
+    keep_best_state: bool = False,
+) -> FinetuneResult:
+    """Fine-tune `model` on `train`, select on `dev`, score on `test`."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model.to(device).train()
+    backbone = [p for n, p in model.named_parameters() if n.startswith("mlm.") and p.requires_grad]
+    new = [p for n, p in model.named_parameters() if not n.startswith("mlm.") and p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": backbone, "lr": cfg.lr}, {"params": new, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay
+    )
+    n = len(train["labels"])
+    per_epoch = max(1, -(-n // cfg.batch_size))
+    total = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
+    scheduler = make_scheduler(optimizer, total, cfg.warmup_ratio, "linear")
+    eval_every = max(1, per_epoch // cfg.evals_per_epoch)
+    result = FinetuneResult(accuracy=0.0, macro_f1=0.0, best_dev=-float("inf"))
+    best_state = None
+    step = 0
+    while step < total:
+        for b in batches(train, cfg.batch_size, rng.permutation(n)):
+            b = b.to(device)
+            out = model(b)
+            loss = task_loss(out.logits, b.labels, regression)
+            for p in plugins:
+                for term in p.loss_terms(model, b, out).values():
+                    loss = loss + term
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % eval_every == 0 or step == total:
+                dev_score = score(predict(model, dev, cfg.batch_size, device), dev["labels"], regression)
+                result.dev_curve.append({"step": step, "loss": float(loss.detach()), **dev_score})
+                if dev_score["accuracy"] > result.best_dev:
+                    result.best_dev = dev_score["accuracy"]
+                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if step >= total:
+                break
+    model.load_state_dict(best_state)
+    test_score = score(predict(model, test, cfg.batch_size, device), test["labels"], regression)
+    result.accuracy, result.macro_f1, result.steps = test_score["accuracy"], test_score["macro_f1"], step
+    result.extra_forwards = sum(p.extra_forwards for p in plugins)
+    result.extra_backwards = sum(p.extra_backwards for p in plugins)
+    result.best_state = best_state if keep_best_state else None
+    return result
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t

@@ -1,0 +1,280 @@
+"""The one continual pre-training loop (every method plugs loss terms into it).
+
+Per optimizer step s, with gradient accumulation over micro-batches g = s * A + a:
+
+    batch_g   = rows of this worker's shard chosen by a per-epoch permutation (seed, stage, epoch)
+    mask_g    = dynamic 80/10/10 MLM masking with a generator seeded by (seed, stage, g, rank)
+    L_g       = L_MLM + sum of the plug-ins' weighted terms
+    theta    <- AdamW(theta, clip(sum_a grad L_g / A))
+
+Every random draw is a function of (seed, stage, step, rank), so the data position (the step)
+restores data order, masking and dropout exactly on resume; on CPU a resumed run reproduces an
+uninterrupted one.
+
+The loop runs inside a Ray Train worker (`RaySession`) or in-process (`LocalSession`, used by
+benchmarks and unit tests); it talks to its host only through the `Session` interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from components.checkpoint import load_module, load_tree, save_module, save_tree
+from components.config import Config
+from components.data.masking import MlmMasker
+from components.models.masked_lm import MaskedLM
+from components.pretrain.plugin import PretrainPlugin, StageInfo
+from components.pretrain.schedule import make_adamw, make_scheduler
+
+FAULT_ENV = "ANYTIME_CPT_FAIL_AT"  # test-only hook: "<stage index>:<step>" kills a worker once
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix64-style mixing)."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2))) & 0xFFFFFFFFFFFFFFFF
+        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+@dataclass
+class Tokens:
+    """Tokenizer facts the workers need (they never load the tokenizer)."""
+
+    vocab_size: int
+    mask_id: int
+    pad_id: int
+    special_ids: list[int]
+
+
+@dataclass
+class StageSpec:
+    """Everything a worker needs for one stage; plain data, shipped through Ray."""
+
+    config: Config
+    stage: StageInfo
+    tokens: Tokens
+    model_builder: Any                 # callable () -> MaskedLM with the stage's initial weights
+    plugin_builder: Any                # callable (model) -> list[PretrainPlugin]
+    train_blocks: np.ndarray           # [n, block_size] int32 clean blocks (whole domain)
+    total_steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def restore(self) -> Path | None: ...
+
+    def report(self, metrics: dict, checkpoint: Path | None) -> None: ...
+
+    def wrap(self, module: nn.Module, find_unused: bool) -> nn.Module: ...
+
+    def scratch_dir(self) -> Path: ...
+
+
+class MlmObjective(nn.Module):
+    """Model + plug-ins; forward returns the named loss terms of one micro-batch."""
+
+    def __init__(self, model: MaskedLM, plugins: list[PretrainPlugin]):
+        super().__init__()
+        self.model = model
+        self.plugins = nn.ModuleList(plugins)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ctx: dict = {}
+        prefixes = [p.prefix(self.model, batch, ctx) for p in self.plugins]
+        prefixes = [p for p in prefixes if p is not None]
+        prefix = torch.cat(prefixes, dim=1) if prefixes else None
+        hidden = self.model.encode(self.model.embed(batch["input_ids"]), batch["attention_mask"], prefix)
+        terms = {"mlm": self.model.mlm_loss(hidden, batch["labels"])}
+        for p in self.plugins:
+            for k, v in p.loss_terms(self.model, batch, hidden, ctx).items():
+                terms[f"{p.name}/{k}"] = v
+        return terms
+
+
+def batch_rows(g: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """Rows of micro-batch g: epoch e = g // (n // B) uses permutation perm(seed, e)."""
+    per_epoch = max(1, n // batch_size)
+    epoch, slot = divmod(g, per_epoch)
+    perm = np.random.default_rng(mix_seed(seed, epoch)).permutation(n)
+    return perm[slot * batch_size:(slot + 1) * batch_size]
+
+
+def autocast_for(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def steps_for(cfg: Config, world_size: int) -> int:
+    """Optimizer steps of a stage: max_steps, capped by the token budget when one is set."""
+    p = cfg.pretrain
+    if p.max_tokens is None:
+        return p.max_steps
+    per_step = p.batch_size * p.grad_accum * max(1, world_size) * cfg.model.block_size
+    return max(1, min(p.max_steps, math.ceil(p.max_tokens / per_step)))
+
+
+def save_checkpoint(directory: Path, objective: MlmObjective, optimizer, scheduler, step: int, finished: bool) -> None:
+    save_module(objective.model.hf, directory / "model.safetensors")
+    save_tree({k: v for k, v in objective.plugins.state_dict().items()}, directory, "plugins")
+    save_tree(optimizer.state_dict(), directory, "optimizer")
+    save_tree(scheduler.state_dict(), directory, "scheduler")
+    meta = {"step": step, "finished": finished, "plugin_meta": [plugin_meta(p) for p in objective.plugins]}
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+def plugin_meta(p: PretrainPlugin) -> dict:
+    return p.meta() if hasattr(p, "meta") else {}
+
+
+def load_checkpoint(directory: Path, objective: MlmObjective, optimizer, scheduler) -> dict:
+    load_module(objective.model.hf, directory / "model.safetensors")
+    objective.plugins.load_state_dict(load_tree(directory, "plugins"))
+    meta = json.loads((directory / "meta.json").read_text())
+    for p, m in zip(objective.plugins, meta["plugin_meta"]):
+        if hasattr(p, "load_meta"):
+            p.load_meta(m)
+    optimizer.load_state_dict(load_tree(directory, "optimizer"))
+    scheduler.load_state_dict(load_tree(directory, "scheduler"))
+    return meta
+
+
+def maybe_inject_fault(stage: int, step: int, session: Session) -> None:
+    """Test-only: kill this worker once at '<stage>:<step>' named by $ANYTIME_CPT_FAIL_AT."""
+    import os
+
+    target = os.environ.get(FAULT_ENV)
+    if not target or target != f"{stage}:{step}" or session.rank != session.world_size - 1:
+        return
+    marker = Path(os.environ.get("ANYTIME_CPT_FAIL_MARKER", "/tmp/anytime-cpt-fault"))
+    if marker.exists():
+        return
+    marker.write_text("injected")
+    os._exit(1)
+
+
+def run_stage(spec: StageSpec, session: Session) -> None:
+    """Train one domain stage; report metrics and checkpoints through `session`."""
+    cfg, stage, p = spec.config, spec.stage, spec.config.pretrain
+    device = session.device
+    model: MaskedLM = spec.model_builder()
+    plugins: list[PretrainPlugin] = spec.plugin_builder(model)
+    objective = MlmObjective(model, plugins).to(device)
+    optimizer = make_adamw(list(objective.named_parameters()), p.lr, p.weight_decay)
+    total = spec.total_steps
+    scheduler = make_scheduler(optimizer, total, p.warmup_ratio, p.schedule)
+    start, finished = 0, False
+    restored = session.restore()
+    if restored is not None:
+        meta = load_checkpoint(restored, objective, optimizer, scheduler)
+        start, finished = meta["step"], meta["finished"]
+        print(f"[stage {stage.index} {stage.domain}] resuming the interrupted stage from its checkpoint at step {start}")
+    else:
+        print(f"[stage {stage.index} {stage.domain}] starting from the previous stage's weights "
+              f"with a fresh optimizer and schedule ({total} steps)")
+    for plugin in plugins:
+        plugin.begin_stage(stage, model)
+
+    shard = spec.train_blocks[session.rank::session.world_size]
+    masker = MlmMasker(spec.tokens.vocab_size, spec.tokens.mask_id, spec.tokens.special_ids,
+                       spec.tokens.pad_id, cfg.data.mask_prob)
+    trained = session.wrap(objective, find_unused=bool(plugins))
+    objective.train()
+    seed = mix_seed(cfg.seed, stage.index)
+    t0, tokens = time.perf_counter(), 0
+    for step in range(start, total if not finished else start):
+        maybe_inject_fault(stage.index, step, session)
+        sums: dict[str, float] = {}
+        for a in range(p.grad_accum):
+            g = step * p.grad_accum + a
+            rows = batch_rows(g, len(shard), p.batch_size, seed)
+            ids = torch.from_numpy(shard[rows].astype(np.int64))
+            masked, labels = masker(ids, torch.Generator().manual_seed(mix_seed(seed, g, session.rank)))
+            attention = (ids != spec.tokens.pad_id).long()
+            rows = torch.from_numpy(rows * session.world_size + session.rank)  # index into the whole domain
+            batch = {"input_ids": masked.to(device), "attention_mask": attention.to(device),
+                     "labels": labels.to(device), "block_index": rows.to(device)}
+            torch.manual_seed(mix_seed(seed, g, session.rank, 1))  # dropout
+            sync = a == p.grad_accum - 1 or not hasattr(trained, "no_sync")
+            with (contextlib.nullcontext() if sync else trained.no_sync()), autocast_for(device, p.precision):
+                terms = trained(batch)
+                loss = sum(terms.values()) / p.grad_accum
+            loss.backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / p.grad_accum
+            tokens += int(attention.sum()) * session.world_size
+        grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        elapsed = time.perf_counter() - t0
+        metrics = {"stage": stage.index, "step": done, "total_steps": total, "loss": sum(sums.values()),
+                   "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                   "tokens_per_s": tokens / max(elapsed, 1e-9), **{f"loss/{k}": v for k, v in sums.items()}}
+        if done == total:
+            for plugin in plugins:
+                plugin.end_stage(stage, model, torch.from_numpy(shard.astype(np.int64)),
+                                 torch.from_numpy((shard != spec.tokens.pad_id).astype(np.int64)))
+        if done % p.checkpoint_every == 0 or done == total:
+            session.report(metrics, _write_checkpoint(session, objective, optimizer, scheduler, done, done == total))
+        elif done % p.log_every == 0:
+            session.report(metrics, None)
+
+
+def _write_checkpoint(session: Session, objective, optimizer, scheduler, step: int, finished: bool) -> Path | None:
+    if session.rank != 0:
+        return None
+    directory = session.scratch_dir()
+    save_checkpoint(directory, objective, optimizer, scheduler, step, finished)
+    return directory
+
+
+class LocalSession:
+    """Run a stage in-process: one worker, checkpoints kept in `root`."""
+
+    def __init__(self, root: Path, device: str = "cpu"):
+        self.rank, self.world_size, self.device = 0, 1, torch.device(device)
+        self.root = root
+        self.metrics: list[dict] = []
+        self.checkpoints: list[Path] = []
+
+    def restore(self) -> Path | None:
+        done = sorted(self.root.glob("checkpoint_*"))
+        return done[-1] if done else None
+
+    def report(self, metrics: dict, checkpoint: Path | None) -> None:
+        self.metrics.append(metrics)
+        if checkpoint is not None:
+            final = self.root / f"checkpoint_{metrics['step']:08d}"
+            checkpoint.rename(final)
+            self.checkpoints.append(final)
+
+    def wrap(self, module: nn.Module, find_unused: bool) -> nn.Module:
+        return module
+
+    def scratch_dir(self) -> Path:
+        import tempfile
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=self.root, prefix=".ckpt-"))
