@@ -222,6 +222,9 @@ def _hf_texts(domain: Domain) -> Iterator[Any]:
         raise InputError(f"{where} could not be loaded: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if domain.text_column not in ds.column_names:
         raise InputError(f"{where}: no column '{domain.text_column}' (text_column); columns: {', '.join(ds.column_names)}")
+    feature = ds.features[domain.text_column]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        raise InputError(f"{where}: column '{domain.text_column}' (text_column) holds {feature}, not strings")
     yield from ds[domain.text_column]
 
 

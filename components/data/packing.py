@@ -18,7 +18,8 @@ def pack_blocks(docs_token_ids: list[list[int]], block_size: int, cls_id: int, s
         raise ValueError(f"block_size must be >= 3, got {block_size}")
     docs = [d for d in docs_token_ids if len(d)]
     n_tokens = sum(len(d) for d in docs) + max(len(docs) - 1, 0)
-    stream = np.fromiter(chain.from_iterable(chain((sep_id,), d) for d in docs), dtype=np.int32, count=n_tokens + len(docs))[1:]
+    pieces = (chain((sep_id,), d) if i else d for i, d in enumerate(docs))
+    stream = np.fromiter(chain.from_iterable(pieces), dtype=np.int32, count=n_tokens)
     width = block_size - 2
     n_blocks = -(-n_tokens // width)
     content = np.full(n_blocks * width, pad_id, dtype=np.int32)

@@ -9,6 +9,7 @@ texts are cut (longest first), never the template, so the mask slot always survi
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -59,6 +60,13 @@ def encode_task(
     return out
 
 
+class Slot(NamedTuple):
+    """A text slot of a template; `space` when whitespace precedes it in the template."""
+
+    name: str
+    space: bool
+
+
 def _templated_rows(task: TaskData, tokenizer: PreTrainedTokenizerBase, max_length: int, template: str) -> list[list[int]]:
     """Token ids per example: [CLS] template-with-texts [SEP], texts truncated to fit."""
     pieces = _template_pieces(template, tokenizer, task.texts_b is not None)
@@ -66,32 +74,24 @@ def _templated_rows(task: TaskData, tokenizer: PreTrainedTokenizerBase, max_leng
     budget = max_length - fixed
     if budget < 1:
         raise InputError(f"template {template!r} takes {fixed} tokens, leaving no room for text within max_length {max_length}")
-    slots = [p for p in pieces if isinstance(p, str)]
+    texts = {"text": task.texts, "text_b": task.texts_b or []}
     encoded = {
-        slot: encode_plain(tokenizer, [(" " if slot.startswith(" ") else "") + t for t in texts])
-        for slot, texts in ((s, task.texts if s.strip() == "text" else task.texts_b) for s in slots)
+        p.name: encode_plain(tokenizer, [" " + t if p.space else t for t in texts[p.name]]) for p in pieces if isinstance(p, Slot)
     }
     rows = []
     for i in range(len(task)):
-        ids = {slot: encoded[slot][i] for slot in slots}
-        a, b = (ids[s] for s in slots) if len(slots) == 2 else (ids[slots[0]], [])
-        keep_a = min(len(a), max(budget - len(b), (budget + 1) // 2))
-        kept = {slots[0]: a[:keep_a]}
-        if len(slots) == 2:
-            kept[slots[1]] = b[: budget - keep_a]
-        body = [tok for p in pieces for tok in (kept[p] if isinstance(p, str) else p)]
+        a, b = encoded["text"][i], encoded["text_b"][i] if "text_b" in encoded else []
+        keep_a = min(len(a), max(budget - len(b), (budget + 1) // 2))  # longest first
+        kept = {"text": a[:keep_a], "text_b": b[: budget - keep_a]}
+        body = [tok for p in pieces for tok in (kept[p.name] if isinstance(p, Slot) else p)]
         rows.append([tokenizer.cls_token_id, *body, tokenizer.sep_token_id])
     return rows
 
 
-def _template_pieces(template: str, tokenizer: PreTrainedTokenizerBase, is_pair: bool) -> list[list[int] | str]:
-    """Split a template into token-id lists (fixed text, mask) and text slot names.
-
-    Slot names are "text"/"text_b", with a leading space when whitespace precedes the slot
-    in the template (so byte-level BPE tokenizers see the word boundary).
-    """
+def _template_pieces(template: str, tokenizer: PreTrainedTokenizerBase, is_pair: bool) -> list[list[int] | Slot]:
+    """Split a template into token-id lists (fixed text, the mask) and text slots."""
     parts = SLOT.split(template)
-    pieces: list[list[int] | str] = []
+    pieces: list[list[int] | Slot] = []
     for i, part in enumerate(parts):
         if i % 2 == 0:
             literal = part.rstrip() if i + 1 < len(parts) else part
@@ -100,11 +100,10 @@ def _template_pieces(template: str, tokenizer: PreTrainedTokenizerBase, is_pair:
         elif part == "{mask}":
             pieces.append([tokenizer.mask_token_id])
         else:
-            pieces.append((" " if parts[i - 1][-1:].isspace() else "") + part.strip("{}"))
-    names = [p.strip() for p in pieces if isinstance(p, str)]
+            pieces.append(Slot(part.strip("{}"), parts[i - 1][-1:].isspace()))
+    names = sorted(p.name for p in pieces if isinstance(p, Slot))
     n_masks = sum(p.count(tokenizer.mask_token_id) for p in pieces if isinstance(p, list))
-    wanted = ["text", "text_b"] if is_pair else ["text"]
-    if names != wanted or n_masks != 1:
-        slots = "{text} ... {text_b}" if is_pair else "{text}"
-        raise InputError(f"template {template!r}: needs {slots} (once each, in this order) and exactly one {{mask}} for this task")
+    if names != (["text", "text_b"] if is_pair else ["text"]) or n_masks != 1:
+        slots = "{text} and {text_b}" if is_pair else "{text} (and no {text_b})"
+        raise InputError(f"template {template!r}: needs {slots} once each and exactly one {{mask}} for this task")
     return pieces

@@ -1,0 +1,122 @@
+"""Consistency calibration (CoCa, DESIGN.md 3.3): agree the task head with the pre-defined head.
+
+Two heads read the task embedding e(x): the task head, p_task = softmax(W e(x) + b), and the
+pre-defined head, p_pre = softmax of the MLM head's logits at the verbalizer tokens. The
+plug-in adds
+
+    L_predefined  = alpha * CE(pre-defined logits(x), y)
+    L_consistency = beta  * mean_batch D(p_task(x + delta*), p_pre(x + delta*))
+
+    D = KL(p||q) + KL(q||p)  ("sym_kl")  or  1/2 KL(p||m) + 1/2 KL(q||m), m = (p + q) / 2  ("js")
+
+delta* [B, T, d] perturbs the input embeddings; it approximately maximises D within the ball
+||delta_i|| <= epsilon (L2 norm over example i's whole [T, d] slice, padding positions zero):
+K steps of normalised projected gradient ascent from Gaussian noise (SMART / VAT style),
+
+    delta_0 = P(noise_std * N(0, I)),  delta_{k+1} = P(delta_k + step_size * g_k / ||g_k||),
+    g_k = dD/d delta at delta_k,  P(delta) = delta * min(1, epsilon / ||delta||)  per example.
+
+The ascent passes run the model in its current mode (dropout on in training) and take
+gradients with respect to delta only; the parameters get gradient from the final D(delta*).
+Cost per step: K + 1 extra forward and backward passes (none when beta = 0).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from components.config import CocaConfig
+from components.errors import InputError
+from components.finetune.plugin import FinetunePlugin
+from components.finetune.task_model import TaskBatch, TaskModel, TaskOutput
+
+Divergence = Literal["sym_kl", "js"]
+
+
+def divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, kind: Divergence) -> torch.Tensor:
+    """Per-example D between softmax(p_logits) and softmax(q_logits), [B, C] -> [B] (float32).
+
+    sym_kl = sum_c (p_c - q_c)(log p_c - log q_c);  js = 1/2 sum_c p_c log(p_c/m_c) + q_c log(q_c/m_c),
+    0 <= js <= log 2.
+    """
+    lp = F.log_softmax(p_logits.float(), dim=-1)
+    lq = F.log_softmax(q_logits.float(), dim=-1)
+    if kind == "sym_kl":
+        return ((lp.exp() - lq.exp()) * (lp - lq)).sum(-1)
+    lm = torch.logaddexp(lp, lq) - math.log(2.0)
+    return 0.5 * ((lp.exp() * (lp - lm)).sum(-1) + (lq.exp() * (lq - lm)).sum(-1))
+
+
+def head_divergence(model: TaskModel, out: TaskOutput, kind: Divergence) -> torch.Tensor:
+    """D(p_task, p_pre) per example for one forward's output."""
+    return divergence(out.logits, model.predefined_logits(out), kind)
+
+
+def project(delta: torch.Tensor, mask: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Zero padding positions (mask [B, T, 1]) and scale each example into ||delta_i|| <= epsilon."""
+    delta = delta * mask
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return delta * (epsilon / norms).clamp(max=1.0).view(-1, 1, 1)
+
+
+def adversarial_delta(
+    model: TaskModel,
+    batch: TaskBatch,
+    epsilon: float,
+    steps: int,
+    step_size: float,
+    noise_std: float,
+    kind: Divergence,
+) -> torch.Tensor:
+    """delta* [B, T, d] (detached): `steps` normalised ascent steps on D, projected (module doc)."""
+    table = model.mlm.backbone.get_input_embeddings().weight
+    noise = torch.randn(*batch.input_ids.shape, table.shape[1], device=table.device, dtype=table.dtype)
+    mask = batch.attention_mask.unsqueeze(-1).to(table.dtype)
+    delta = project(noise_std * noise, mask, epsilon)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        d = head_divergence(model, model(batch, delta), kind).sum()
+        (grad,) = torch.autograd.grad(d, delta)
+        grad = grad * mask
+        grad_norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+        delta = project(delta.detach() + step_size * grad / grad_norms, mask, epsilon)
+    return delta.detach()
+
+
+class Coca(FinetunePlugin):
+    """CoCa loss terms {"predefined", "consistency"}; all work is skipped for a zero weight."""
+
+    name = "coca"
+
+    def __init__(self, cfg: CocaConfig, num_labels: int, task: str = "task"):
+        super().__init__()
+        if num_labels < 2:
+            raise InputError(
+                f"finetune.coca: task '{task}' has {num_labels} output (regression); CoCa needs classes "
+                "(set finetune.coca.enabled: false)"
+            )
+        self.cfg = cfg
+
+    def loss_terms(self, model: TaskModel, batch: TaskBatch, out: TaskOutput) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        zero = out.logits.new_zeros((), dtype=torch.float32)
+        terms = {"predefined": zero, "consistency": zero}
+        if cfg.alpha == 0 and cfg.beta == 0:
+            return terms
+        if model.verbalizer_ids.numel() != out.logits.shape[-1]:
+            raise ValueError(
+                f"CoCa: the TaskModel has {model.verbalizer_ids.numel()} verbalizer ids for "
+                f"{out.logits.shape[-1]} classes (build it with verbalizer_ids(...))"
+            )
+        if cfg.alpha > 0:
+            terms["predefined"] = cfg.alpha * F.cross_entropy(model.predefined_logits(out).float(), batch.labels)
+        if cfg.beta > 0:
+            delta = adversarial_delta(model, batch, cfg.epsilon, cfg.steps, cfg.step_size, cfg.noise_std, cfg.divergence)
+            terms["consistency"] = cfg.beta * head_divergence(model, model(batch, delta), cfg.divergence).mean()
+            self.extra_forwards += cfg.steps + 1
+            self.extra_backwards += cfg.steps + 1
+        return terms

@@ -1,0 +1,103 @@
+"""Give a checkpoint without a trained MLM head a working one: a short head-only warm-up.
+
+Sentence-embedding checkpoints such as all-MiniLM-L6-v2 ship only the encoder; their MLM head
+(transform + LayerNorm + decoder bias; the decoder weight is tied to the input embeddings) is
+freshly initialised. The warm-up trains only those untied head parameters with MLM on the
+general-English set, the encoder frozen (its forward runs without gradients):
+
+    min over head params of  L_MLM(head(encoder(x_masked)), x)
+
+The result is cached by (weights fingerprint, warm-up settings, corpus fingerprint), so it
+runs once per machine; the run's log and report say whether it ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from components.checkpoint import publish_dir, save_module, staging_dir
+from components.config import ModelConfig
+from components.data.corpus_cache import load_corpus_blocks
+from components.data.domains import Domain
+from components.data.masking import MlmMasker
+from components.models.loading import load_masked_lm
+from components.models.masked_lm import MaskedLM
+
+
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over parameter names and bytes (identical weights <=> identical fingerprint)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def general_corpus(path: str) -> Domain:
+    return Domain(name="general", directory=None, corpus=Path(path), hf_dataset=None, hf_split="train",
+                  text_column="text", train=None, dev=None, test=None, labels=None)
+
+
+def _warm_up(mlm: MaskedLM, blocks: np.ndarray, masker: MlmMasker, pad_id: int, cfg: ModelConfig, seed: int) -> dict:
+    tied = {id(mlm.hf.get_input_embeddings().weight)}
+    params = [p for p in mlm.head.parameters() if id(p) not in tied]
+    for p in mlm.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=cfg.head_warmup.lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    mlm.train()
+    losses = []
+    for _ in range(cfg.head_warmup.steps):
+        ids = torch.from_numpy(blocks[rng.integers(0, len(blocks), cfg.head_warmup.batch_size)].astype(np.int64))
+        masked, labels = masker(ids, gen)
+        with torch.no_grad():
+            hidden = mlm.encode(mlm.embed(masked), (ids != pad_id).long())
+        loss = mlm.mlm_loss(hidden, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+    for p in mlm.parameters():
+        p.requires_grad_(True)
+    k = max(1, len(losses) // 10)
+    return {"loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:]))}
+
+
+def prepare_base_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, cache_dir: Path, seed: int) -> tuple[Path, dict]:
+    """Weights of the stage-0 model (with a working MLM head) as a safetensors file + what was done."""
+    hf, head_is_fresh = load_masked_lm(cfg.name)
+    mode = cfg.head_warmup.mode
+    warm = mode == "always" or (mode == "auto" and head_is_fresh)
+    settings = {"weights": state_fingerprint(hf), "warm": warm, "seed": seed, "block_size": cfg.block_size,
+                **({"warmup": cfg.head_warmup.__dict__} if warm else {})}
+    if warm:
+        settings["corpus"] = hashlib.sha256(Path(cfg.head_warmup.corpus).read_bytes()).hexdigest()
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    final = cache_dir / "base_models" / key
+    if (final / "info.json").is_file():
+        return final / "model.safetensors", {**json.loads((final / "info.json").read_text()), "cache_hit": True}
+    info = {"model": cfg.name, "head_was_fresh": head_is_fresh, "head_warmup": warm}
+    if warm:
+        t = time.perf_counter()
+        blocks = load_corpus_blocks(general_corpus(cfg.head_warmup.corpus), tokenizer, cfg.block_size,
+                                    cache_dir, heldout_fraction=0.01).train
+        mlm = MaskedLM(hf)
+        info.update(_warm_up(mlm, blocks, MlmMasker.from_tokenizer(tokenizer), tokenizer.pad_token_id, cfg, seed))
+        info.update({"steps": cfg.head_warmup.steps, "seconds": round(time.perf_counter() - t, 1)})
+    tmp = staging_dir(final)
+    save_module(hf, tmp / "model.safetensors")
+    (tmp / "info.json").write_text(json.dumps(info))
+    publish_dir(tmp, final)
+    return final / "model.safetensors", {**info, "cache_hit": False}
+
+
