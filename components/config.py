@@ -83,7 +83,7 @@ class DataConfig:
 class PretrainConfig:
     """One Ray Train `TorchTrainer` per domain stage; the loop is shared by every method."""
 
-    num_workers: int = field(default=1, metadata=_range(0))
+    num_workers: int = field(default=1, metadata=_range(1))
     use_gpu: bool = False
     cpus_per_worker: int = field(default=2, metadata=_range(1))
     batch_size: int = field(default=16, metadata=_range(1))
@@ -100,6 +100,7 @@ class PretrainConfig:
     max_failures: int = field(default=2, metadata=_range(-1))
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     eval_blocks: int = field(default=64, metadata=_range(1))
+    end_stage_blocks: int = field(default=256, metadata=_range(1))
     carry_optimizer: bool = False
     log_every: int = field(default=10, metadata=_range(1))
 

@@ -135,7 +135,9 @@ def test_verbalizer_uses_the_mid_sentence_bpe_token():
     """RoBERTa-style byte-level BPE: ' positive' and 'positive' are different tokens."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     bpe.train_from_iterator(["it was positive", "positive negative neutral", "so negative, neutral"] * 20, trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>")
     ids, _ = verbalizer_ids(LABELS, tok)

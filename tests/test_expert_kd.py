@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -338,12 +341,15 @@ class _Step(nn.Module):
         return self.mlm.mlm_loss(hidden, batch["labels"]) + terms["kd"], terms["kd"].detach()
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, files: dict, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, files: dict, out_dir: str) -> None:
+    import datetime
+
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         results = {}
         for weighting in ("uniform", "sample"):
@@ -377,11 +383,28 @@ def _ddp_worker(rank: int, world: int, init_file: str, files: dict, out_dir: str
         dist.destroy_process_group()
 
 
-def test_moegp_ddp_two_ranks(tmp_path):
-    files = {logits_file_key("a"): _logits_file(tmp_path / "a.npy", 16, 3, 0),
-             logits_file_key("b"): _logits_file(tmp_path / "b.npy", 16, 1, 1)}
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), files, str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_moegp_ddp_two_ranks():
+    """MoEGP with two experts under real DDP (gloo, 2 CPU processes): both heads get
+    gradients and end bit-identical on both ranks, for uniform and sampled weighting."""
+    with tempfile.TemporaryDirectory(prefix="kd-ddp-") as tmp:   # not pytest's shared basetemp
+        tmp_path = Path(tmp)
+        files = {logits_file_key("a"): _logits_file(tmp_path / "a.npy", 16, 3, 0),
+                 logits_file_key("b"): _logits_file(tmp_path / "b.npy", 16, 1, 1)}
+        ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), files, tmp), nprocs=2, join=False,
+                                 start_method="spawn")
+        deadline = time.monotonic() + 120
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail("DDP workers did not finish within 120 s")
+        r0, r1 = dict(np.load(tmp_path / "rank0.npz")), dict(np.load(tmp_path / "rank1.npz"))
     for w in ("uniform", "sample"):
         for r in (r0, r1):
             assert r[f"{w}_grad_a"] > 0 and r[f"{w}_grad_b"] > 0       # both heads trained

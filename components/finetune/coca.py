@@ -18,7 +18,9 @@ K steps of normalised projected gradient ascent from Gaussian noise (SMART / VAT
 
 The ascent passes run the model in its current mode (dropout on in training) and take
 gradients with respect to delta only; the parameters get gradient from the final D(delta*).
-Cost per step: K + 1 extra forward and backward passes (none when beta = 0).
+Cost per step: K + 1 extra forwards and K + 1 extra backwards (K with respect to delta only, one
+inside the main backward), counted in extra_forwards / extra_backwards; none when beta = 0.
+alpha = 0 skips the pre-defined cross-entropy; alpha = beta = 0 is exactly the baseline.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ Divergence = Literal["sym_kl", "js"]
 def divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, kind: Divergence) -> torch.Tensor:
     """Per-example D between softmax(p_logits) and softmax(q_logits), [B, C] -> [B] (float32).
 
-    sym_kl = sum_c (p_c - q_c)(log p_c - log q_c);  js = 1/2 sum_c p_c log(p_c/m_c) + q_c log(q_c/m_c),
+    sym_kl = sum_c (p_c - q_c)(log p_c - log q_c);  js = 1/2 sum_c [p_c log(p_c/m_c) + q_c log(q_c/m_c)],
     0 <= js <= log 2.
     """
     lp = F.log_softmax(p_logits.float(), dim=-1)
@@ -88,7 +90,10 @@ def adversarial_delta(
 
 
 class Coca(FinetunePlugin):
-    """CoCa loss terms {"predefined", "consistency"}; all work is skipped for a zero weight."""
+    """CoCa's loss terms {"predefined", "consistency"}; the work of a zero-weight term is skipped.
+
+    `num_labels` as in TaskData.num_labels (1 for a regression task, which CoCa cannot serve).
+    """
 
     name = "coca"
 
@@ -115,7 +120,9 @@ class Coca(FinetunePlugin):
         if cfg.alpha > 0:
             terms["predefined"] = cfg.alpha * F.cross_entropy(model.predefined_logits(out).float(), batch.labels)
         if cfg.beta > 0:
-            delta = adversarial_delta(model, batch, cfg.epsilon, cfg.steps, cfg.step_size, cfg.noise_std, cfg.divergence)
+            delta = adversarial_delta(
+                model, batch, cfg.epsilon, cfg.steps, cfg.step_size, cfg.noise_std, cfg.divergence
+            )
             terms["consistency"] = cfg.beta * head_divergence(model, model(batch, delta), cfg.divergence).mean()
             self.extra_forwards += cfg.steps + 1
             self.extra_backwards += cfg.steps + 1

@@ -44,7 +44,7 @@ def verbalizer_ids(
             i for i in tokenizer(" " + word, add_special_tokens=False)["input_ids"] if tokenizer.decode([i]).strip()
         ]
         if not pieces or pieces[0] == tokenizer.unk_token_id:
-            raise InputError(f"{where}: label '{label}': the word '{word}' has no token in the vocabulary; give another")
+            raise InputError(f"{where}: label '{label}': the word '{word}' has no vocabulary token; give another word")
         if len(pieces) > 1:
             names = tokenizer.convert_ids_to_tokens(pieces)
             notes.append(f"label '{label}': '{word}' is {len(pieces)} tokens {names}; its verbalizer is '{names[0]}'")
@@ -59,6 +59,7 @@ def verbalizer_ids(
         )
         example = ", ".join(f"{label}: <word>" for label in clashes[0][1:])
         raise InputError(
-            f"{where}: classes share a verbalizer token ({listed}); give them distinct words, e.g. {where}: {{{example}}}"
+            f"{where}: classes share a verbalizer token ({listed}); "
+            f"give them distinct words, e.g. {where}: {{{example}}}"
         )
     return torch.tensor(ids, dtype=torch.long), notes

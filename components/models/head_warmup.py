@@ -31,10 +31,10 @@ from components.models.loading import load_masked_lm
 from components.models.masked_lm import MaskedLM
 
 
-def state_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over parameter names and bytes (identical weights <=> identical fingerprint)."""
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over tensor names and bytes (identical weights <=> identical fingerprint)."""
     h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -78,7 +78,7 @@ def prepare_base_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, cac
     hf, head_is_fresh = load_masked_lm(cfg.name)
     mode = cfg.head_warmup.mode
     warm = mode == "always" or (mode == "auto" and head_is_fresh)
-    settings = {"weights": state_fingerprint(hf), "warm": warm, "seed": seed, "block_size": cfg.block_size,
+    settings = {"weights": weights_fingerprint(hf.state_dict()), "warm": warm, "seed": seed, "block_size": cfg.block_size,
                 **({"warmup": cfg.head_warmup.__dict__} if warm else {})}
     if warm:
         settings["corpus"] = hashlib.sha256(Path(cfg.head_warmup.corpus).read_bytes()).hexdigest()

@@ -66,3 +66,17 @@ def load_masked_lm(name: str) -> tuple[PreTrainedModel, bool]:
         hf_logging.set_verbosity(level)
     missing = [k for k in info.get("missing_keys", []) if k.startswith(HEAD_PREFIXES)]
     return model, bool(missing)
+
+
+def masked_lm_from_state(name: str, state: dict) -> PreTrainedModel:
+    """Build the architecture of `name` and load `state` (tied weights re-tied, nothing else missing)."""
+    hf_logging.set_verbosity_error()
+    model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(resolve_model(name)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    current = model.state_dict()
+    loaded = {current[k].data_ptr() for k in state}
+    untied = [k for k in missing if current[k].data_ptr() not in loaded]
+    if unexpected or untied:
+        raise ValueError(f"weights do not fit {name}: missing {untied[:5]}, unexpected {unexpected[:5]}")
+    return model

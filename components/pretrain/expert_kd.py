@@ -294,6 +294,8 @@ class ExpertKDPlugin(PretrainPlugin):
         if not specs:
             raise InputError(f"methods.distill: mode '{self.cfg.mode}' with lambda_kd > 0 needs at least one expert")
         for s in specs:
+            if not s.task or "." in s.task:
+                raise InputError(f"methods.distill: expert name {s.task!r} cannot key a head (empty or has '.')")
             if s.num_labels < 1:
                 raise InputError(f"methods.distill: expert '{s.task}' has num_labels={s.num_labels}")
             if s.task in self.heads:

@@ -20,10 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,6 +33,8 @@ from torch import nn
 from components.checkpoint import load_module, load_tree, save_module, save_tree
 from components.config import Config
 from components.data.masking import MlmMasker
+from components.methods import build_pretrain_plugins
+from components.models.loading import masked_lm_from_state
 from components.models.masked_lm import MaskedLM
 from components.pretrain.plugin import PretrainPlugin, StageInfo
 from components.pretrain.schedule import make_adamw, make_scheduler
@@ -61,16 +64,19 @@ class Tokens:
 
 @dataclass
 class StageSpec:
-    """Everything a worker needs for one stage; plain data, shipped through Ray."""
+    """Everything a worker needs for one stage; plain data, shipped through Ray's object store."""
 
     config: Config
     stage: StageInfo
     tokens: Tokens
-    model_builder: Any                 # callable () -> MaskedLM with the stage's initial weights
-    plugin_builder: Any                # callable (model) -> list[PretrainPlugin]
-    train_blocks: np.ndarray           # [n, block_size] int32 clean blocks (whole domain)
-    total_steps: int = 0
-    extra: dict = field(default_factory=dict)
+    init_weights: dict[str, torch.Tensor]        # the previous stage's model
+    train_blocks: np.ndarray                     # [n, block_size] int32 clean blocks (whole domain)
+    total_steps: int
+    base_weights: dict[str, torch.Tensor] | None = None   # the stage-0 model (HPrompt's query encoder)
+    prev_plugin_state: dict[str, torch.Tensor] | None = None
+    prev_plugin_meta: list[dict] | None = None
+    experts: list = field(default_factory=list)  # ExpertSpec of the experts in use (distillation)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. cached expert logits, by StageInfo.files key
 
 
 class Session(Protocol):
@@ -177,8 +183,8 @@ def run_stage(spec: StageSpec, session: Session) -> None:
     """Train one domain stage; report metrics and checkpoints through `session`."""
     cfg, stage, p = spec.config, spec.stage, spec.config.pretrain
     device = session.device
-    model: MaskedLM = spec.model_builder()
-    plugins: list[PretrainPlugin] = spec.plugin_builder(model)
+    model = MaskedLM(masked_lm_from_state(cfg.model.name, spec.init_weights))
+    plugins = build_pretrain_plugins(spec, model)
     objective = MlmObjective(model, plugins).to(device)
     optimizer = make_adamw(list(objective.named_parameters()), p.lr, p.weight_decay)
     total = spec.total_steps
@@ -192,6 +198,11 @@ def run_stage(spec: StageSpec, session: Session) -> None:
     else:
         print(f"[stage {stage.index} {stage.domain}] starting from the previous stage's weights "
               f"with a fresh optimizer and schedule ({total} steps)")
+    if spec.arrays:  # shipped through the object store; plug-ins read them as worker-local files
+        local = Path(tempfile.mkdtemp(prefix="anytime-cpt-arrays-"))
+        for i, (key, arr) in enumerate(spec.arrays.items()):
+            np.save(local / f"{i}.npy", arr)
+            stage.files[key] = str(local / f"{i}.npy")
     for plugin in plugins:
         plugin.begin_stage(stage, model)
 
@@ -233,9 +244,10 @@ def run_stage(spec: StageSpec, session: Session) -> None:
                    "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                    "tokens_per_s": tokens / max(elapsed, 1e-9), **{f"loss/{k}": v for k, v in sums.items()}}
         if done == total:
+            clean = shard[:p.end_stage_blocks]
             for plugin in plugins:
-                plugin.end_stage(stage, model, torch.from_numpy(shard.astype(np.int64)),
-                                 torch.from_numpy((shard != spec.tokens.pad_id).astype(np.int64)))
+                plugin.end_stage(stage, model, torch.from_numpy(clean.astype(np.int64)),
+                                 torch.from_numpy((clean != spec.tokens.pad_id).astype(np.int64)))
         if done % p.checkpoint_every == 0 or done == total:
             session.report(metrics, _write_checkpoint(session, objective, optimizer, scheduler, done, done == total))
         elif done % p.log_every == 0:
@@ -274,7 +286,5 @@ class LocalSession:
         return module
 
     def scratch_dir(self) -> Path:
-        import tempfile
-
         self.root.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(dir=self.root, prefix=".ckpt-"))

@@ -1,0 +1,96 @@
+"""Anytime cells: one fine-tune per (stage, task, seed), each a Ray task with explicit
+resources. The driver writes one result file per cell atomically; a re-run skips finished
+cells; a cell whose process dies is retried by Ray (`max_retries`) and, being seeded, gives
+the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.config import Config
+from components.data.domains import read_task, resolve_domain
+from components.data.task_encoding import default_template, encode_task
+from components.finetune.loop import finetune
+from components.methods import TaskInfo, build_task_model, pooling_for
+from components.models.loading import load_tokenizer
+
+FAULT_ENV = "ANYTIME_CPT_FAIL_CELL"  # test-only hook: "<stage>:<task>:<seed>" kills that cell once
+
+
+@dataclass
+class CellSpec:
+    stage: int
+    task: str
+    seed: int
+    checkpoint_fingerprint: str
+    keep_model: bool = False   # return the fine-tuned weights (row-0 experts for distillation)
+
+
+def subsample(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """The same example subset in every row (seeded by the run seed, not the cell seed)."""
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
+def _take(data: dict[str, torch.Tensor], rows: np.ndarray) -> dict[str, torch.Tensor]:
+    idx = torch.from_numpy(rows)
+    return {k: v[idx] for k, v in data.items()}
+
+
+def _maybe_fail(spec: CellSpec) -> None:
+    if os.environ.get(FAULT_ENV) != f"{spec.stage}:{spec.task}:{spec.seed}":
+        return
+    marker = Path(os.environ.get("ANYTIME_CPT_FAIL_MARKER", "/tmp/anytime-cpt-fault")).with_suffix(".cell")
+    if not marker.exists():
+        marker.write_text("injected")
+        os._exit(1)
+
+
+def run_cell(cfg: Config, spec: CellSpec, weights: dict, base_weights: dict | None,
+             plugin_state: dict | None, threads: int) -> dict:
+    """Fine-tune the stage's model on one task with one seed; return the cell's record."""
+    torch.set_num_threads(max(1, threads))
+    _maybe_fail(spec)
+    start = time.time()
+    index = [d.name for d in cfg.domains].index(spec.task)
+    domain = resolve_domain(cfg.domains[index])
+    tokenizer = load_tokenizer(cfg.model.name)
+    f = cfg.finetune
+    splits = {s: read_task(domain, s) for s in ("train", "dev", "test")}
+    train_task = splits["train"]
+    info = TaskInfo(spec.task, None if train_task.is_regression else train_task.label_names, domain.verbalizers)
+    template = default_template(tokenizer, train_task.texts_b is not None) if pooling_for(cfg) == "mask" else None
+    encoded = {s: encode_task(t, tokenizer, f.max_length, template) for s, t in splits.items()}
+    limits = {"train": f.max_train_examples, "dev": f.max_eval_examples, "test": f.max_eval_examples}
+    data = {s: _take(e, subsample(len(e["labels"]), limits[s], cfg.seed)) for s, e in encoded.items()}
+    model, plugins, notes = build_task_model(cfg, weights, info, tokenizer, base_weights, plugin_state)
+    device = torch.device("cuda" if f.gpus_per_cell > 0 and torch.cuda.is_available() else "cpu")
+    result = finetune(model, plugins, data["train"], data["dev"], data["test"], f, spec.seed, device,
+                      regression=train_task.is_regression, keep_best_state=spec.keep_model)
+    record = {
+        **asdict(spec),
+        "accuracy": result.accuracy,
+        "macro_f1": result.macro_f1,
+        "best_dev": result.best_dev,
+        "dev_curve": result.dev_curve,
+        "steps": result.steps,
+        "extra_forwards": result.extra_forwards,
+        "extra_backwards": result.extra_backwards,
+        "examples": {s: int(len(d["labels"])) for s, d in data.items()},
+        "label_names": info.label_names,
+        "pooling": model.pooling,
+        "notes": notes,
+        "hyperparameters": {k: v for k, v in asdict(f).items() if k not in ("seeds",)},
+        "wall_time_s": round(time.time() - start, 2),
+    }
+    if spec.keep_model:
+        record["model_state"] = result.best_state
+    return record

@@ -1,0 +1,418 @@
+"""The main job: stage 0 (base model) .. stage N, anytime fine-tuning after every stage.
+
+    validate config, every data file, the model           (before any expensive work)
+    tokenize corpora (cached), make the stage-0 model      (MLM-head warm-up, cached)
+    row 0: fine-tune the base model on every task          (Ray tasks; experts for UEGP/MoEGP)
+    for t = 1..N: pre-train on domain t (Ray Train)  ->  row t on every task (Ray tasks)
+    metrics, anytime.json/.csv, heatmap, report.md, W&B
+
+A finished stage or cell is never redone: running the same command again skips them and
+resumes an interrupted stage from its last Ray Train checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray
+from safetensors.torch import load_file
+
+from components.checkpoint import load_tree, publish_dir, staging_dir
+from components.config import Config, to_dict
+from components.data.corpus_cache import CorpusBlocks, fingerprint_file, load_corpus_blocks, tokenizer_fingerprint
+from components.data.domains import Domain, DomainSummary, resolve_domain, validate_domain
+from components.data.masking import MlmMasker
+from components.errors import InputError
+from components.eval.cells import CellSpec, run_cell
+from components.eval.heldout import heldout_diagnostics
+from components.eval.matrix import build_matrix
+from components.eval.metrics import partial_metrics
+from components.eval.report import write_anytime_outputs
+from components.finetune.verbalizers import verbalizer_ids
+from components.io import atomic_write_json, read_json
+from components.methods import TaskInfo, build_task_model, distill_active, pooling_for
+from components.models.head_warmup import prepare_base_model, weights_fingerprint
+from components.models.loading import load_tokenizer, masked_lm_from_state
+from components.models.masked_lm import MaskedLM
+from components.pretrain.expert_kd import ExpertSpec, expert_logits_cache, experts_for_stage, logits_file_key
+from components.pretrain.experts import read_expert_meta, save_expert
+from components.pretrain.hprompt import check_prompt_fits
+from components.pretrain.loop import StageSpec, Tokens, steps_for
+from components.pretrain.plugin import StageInfo
+from components.pretrain.ray_stage import train_stage
+from components.run_dir import RunDir, check_same_run, git_sha, hardware, versions, write_config_and_manifest
+from components.tracking.wandb_tracker import Tracker
+
+
+@dataclass
+class Plan:
+    """What validation found and what the run will do."""
+
+    domains: list[Domain]
+    summaries: list[DomainSummary]
+    tokenizer: object
+    steps: int
+    cells: list[tuple[int, str, int]] = field(default_factory=list)
+
+    def describe(self, cfg: Config) -> str:
+        p, f = cfg.pretrain, cfg.finetune
+        names = [d.name for d in self.domains]
+        lines = [f"plan: {len(names)} domains in order {', '.join(names)}; method '{cfg.methods.name}'",
+                 f"  stage 0: base model {cfg.model.name} (MLM-head warm-up: {cfg.model.head_warmup.mode})"]
+        for i, s in enumerate(self.summaries, 1):
+            lines.append(f"  stage {i}: pre-train on {s.name} ({s.n_docs:,} docs) for {self.steps} steps "
+                         f"x {p.batch_size * p.grad_accum} blocks/worker of {cfg.model.block_size} tokens")
+        lines.append(f"  anytime cells: {len(self.cells)} = {len(names) + 1} rows x {len(names)} tasks x "
+                     f"{len(f.seeds)} seeds; each {f.cpus_per_cell} CPU, {f.gpus_per_cell} GPU")
+        lines.append(f"  pre-training: {p.num_workers} workers x {p.cpus_per_worker} CPU"
+                     f"{' + 1 GPU' if p.use_gpu else ''}; DDP backend {'nccl' if p.use_gpu else 'gloo'}")
+        for s in self.summaries:
+            lines.append(f"  task {s.name}: " + ", ".join(f"{k} {v}" for k, v in s.examples.items())
+                         + f"; {'pair' if s.is_pair else 'single'} text; "
+                         + ("regression" if s.is_regression else f"{len(s.label_names)} labels"))
+        return "\n".join(lines)
+
+
+def prepare(cfg: Config) -> Plan:
+    """Validate everything that can be checked without training; raise InputError on the first problem."""
+    domains = [resolve_domain(d) for d in cfg.domains]
+    summaries = [validate_domain(d) for d in domains]
+    tokenizer = load_tokenizer(cfg.model.name)
+    from transformers import AutoConfig
+
+    from components.models.loading import resolve_model
+
+    max_pos = AutoConfig.from_pretrained(resolve_model(cfg.model.name)).max_position_embeddings
+    if cfg.methods.hprompt.enabled:
+        check_prompt_fits(cfg.model.block_size, cfg.methods.hprompt.prompt_length, max_pos - 2)
+    if cfg.model.block_size > max_pos - 2 or cfg.finetune.max_length > max_pos - 2:
+        raise InputError(f"model.block_size / finetune.max_length: at most {max_pos - 2} for {cfg.model.name}")
+    if cfg.model.head_warmup.mode != "never" and not Path(cfg.model.head_warmup.corpus).is_file():
+        raise InputError(f"model.head_warmup.corpus: file not found: {cfg.model.head_warmup.corpus}")
+    for i, (d, s) in enumerate(zip(domains, summaries)):
+        if cfg.finetune.coca.enabled:
+            if s.is_regression:
+                raise InputError(f"finetune.coca: task '{d.name}' is a regression task; CoCa needs classes")
+            verbalizer_ids(s.label_names, tokenizer, d.verbalizers, where=f"domains[{i}].verbalizers")
+    for task, path in cfg.methods.distill.experts.items():
+        read_expert_meta(path)
+    names = [d.name for d in domains]
+    cells = [(i, t, s) for i in range(len(names) + 1) for t in names for s in cfg.finetune.seeds]
+    return Plan(domains, summaries, tokenizer, steps_for(cfg, cfg.pretrain.num_workers), cells)
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the cluster in `ray.address` / RAY_ADDRESS, or start a local instance."""
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, log_to_driver=True, configure_logging=False,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
+                                       os.environ.get("HF_HUB_OFFLINE", "0")}} if not address else None)
+
+
+def _stage_train_subset(blocks: np.ndarray, needed: int, seed: int) -> np.ndarray:
+    """The blocks a stage can use within its budget: all of them, or a seeded random subset
+    of `needed` blocks (sampling without replacement over the stage's budget)."""
+    if len(blocks) <= needed:
+        return blocks
+    rows = np.sort(np.random.default_rng(seed).permutation(len(blocks))[:needed])
+    return blocks[rows]
+
+
+@ray.remote
+def _diagnostics_task(cfg: Config, weights: dict, heldout: dict[str, np.ndarray], tokens: Tokens, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    model = MaskedLM(masked_lm_from_state(cfg.model.name, weights))
+    masker = MlmMasker(tokens.vocab_size, tokens.mask_id, tokens.special_ids, tokens.pad_id, cfg.data.mask_prob)
+    return {name: heldout_diagnostics(model, blocks, masker, tokens.pad_id, cfg.eval.anchor_ks,
+                                      cfg.eval.anchor_positions) for name, blocks in heldout.items()}
+
+
+@ray.remote
+def _cell_task(cfg, spec, weights, base_weights, plugin_state, threads):
+    return run_cell(cfg, spec, weights, base_weights, plugin_state, threads)
+
+
+@ray.remote
+def _expert_logits_task(cfg: Config, expert_dir: str, blocks: np.ndarray, fingerprint: str, base_weights: dict,
+                        tokens: Tokens, threads: int) -> np.ndarray:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    tokenizer = load_tokenizer(cfg.model.name)
+
+    def build(meta: dict):
+        return build_task_model(cfg, base_weights, TaskInfo(meta["task"], meta.get("label_names")), tokenizer)[0]
+
+    path = expert_logits_cache(expert_dir, blocks, tokens.pad_id, cfg.data.cache_dir, fingerprint, build,
+                               mask_id=tokens.mask_id)
+    return np.load(path)
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, run_dir: Path, plan: Plan):
+        self.cfg, self.plan, self.run = cfg, plan, RunDir(run_dir)
+        self.names = [d.name for d in plan.domains]
+        tok = plan.tokenizer
+        self.tokens = Tokens(len(tok), tok.mask_token_id, tok.pad_token_id, list(tok.all_special_ids))
+        self.tracker: Tracker | None = None
+        self.blocks: dict[str, CorpusBlocks] = {}
+        self.pending: dict = {}          # ObjectRef -> (stage, task, seed)
+        self.stage_refs: dict[int, tuple] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        cfg, run = self.cfg, self.run
+        check_same_run(run, cfg)
+        for d in self.plan.domains:
+            b = load_corpus_blocks(d, self.plan.tokenizer, cfg.model.block_size, cfg.data.cache_dir,
+                                   cfg.data.heldout_fraction, cfg.data.max_corpus_docs, cfg.data.max_doc_chars)
+            self.blocks[d.name] = b
+            print(f"data {d.name}: {len(b.train):,} train / {len(b.heldout):,} held-out blocks "
+                  f"({'cache hit' if b.cache_hit else 'tokenized'})", flush=True)
+        init_ray(cfg)
+        manifest = {
+            "git_sha": git_sha(), "versions": versions(), "seed": cfg.seed, "seeds": cfg.finetune.seeds,
+            "domain_order": self.names, "method": cfg.methods.name,
+            "tokenizer_fingerprint": tokenizer_fingerprint(self.plan.tokenizer),
+            "data": {d.name: {"corpus": self.blocks[d.name].fingerprint,
+                              **{s: fingerprint_file(getattr(d, s)) for s in ("train", "dev", "test", "labels")}}
+                     for d in self.plan.domains},
+            "hardware": hardware(ray.cluster_resources()),
+        }
+        write_config_and_manifest(run, cfg, manifest)
+        self.tracker = Tracker(cfg.tracking, run.root, f"{cfg.name}-{run.root.name}",
+                               {"config": to_dict(cfg), "manifest": manifest})
+
+    def base_stage(self) -> None:
+        final = self.run.stage(0, "base")
+        if not (final / "model.safetensors").is_file():
+            path, info = prepare_base_model(self.cfg.model, self.plan.tokenizer, Path(self.cfg.data.cache_dir),
+                                            self.cfg.seed)
+            tmp = staging_dir(final)
+            shutil.copy(path, tmp / "model.safetensors")
+            (tmp / "meta.json").write_text(json.dumps({"finished": True, "base": info}))
+            publish_dir(tmp, final)
+            atomic_write_json(self.run.root / "base.json", info)
+        info = read_json(self.run.root / "base.json")
+        print("stage 0: base model " + (
+            f"with its MLM head warmed up for {info.get('steps')} steps on general text "
+            f"(loss {info.get('loss_first', 0):.2f} -> {info.get('loss_last', 0):.2f})"
+            if info.get("head_warmup") else "with its own MLM head (no warm-up)"), flush=True)
+
+    # ------------------------------------------------------------------ stages
+
+    def weights(self, stage: int) -> dict:
+        name = "base" if stage == 0 else self.names[stage - 1]
+        return load_file(str(self.run.stage(stage, name) / "model.safetensors"))
+
+    def plugin_state(self, stage: int) -> tuple[dict | None, list | None]:
+        if stage == 0:
+            return None, None
+        d = self.run.stage(stage, self.names[stage - 1])
+        if not (d / "plugins.safetensors").is_file():
+            return None, None
+        return load_tree(d, "plugins"), json.loads((d / "meta.json").read_text())["plugin_meta"]
+
+    def stage_done(self, stage: int) -> bool:
+        meta = self.run.stage(stage, self.names[stage - 1]) / "meta.json"
+        return meta.is_file() and json.loads(meta.read_text()).get("finished", False)
+
+    def experts(self) -> dict[str, str]:
+        cfg = self.cfg
+        found = {t: str(self.run.expert(t)) for t in self.names if (self.run.expert(t) / "expert.json").is_file()}
+        return {**found, **cfg.methods.distill.experts}
+
+    def pretrain_stage(self, index: int) -> None:
+        cfg, domain = self.cfg, self.names[index - 1]
+        if self.stage_done(index):
+            print(f"stage {index} ({domain}): finished earlier, skipping", flush=True)
+            return
+        p = cfg.pretrain
+        total = self.plan.steps
+        needed = total * p.batch_size * p.grad_accum * p.num_workers
+        train = _stage_train_subset(self.blocks[domain].train, needed, cfg.seed + index)
+        fingerprint = hashlib.sha256(train.tobytes()).hexdigest()
+        stage = StageInfo(index=index, domain=domain, domains_seen=self.names[:index], domain_order=self.names,
+                          work_dir=Path(cfg.data.cache_dir), world_size=p.num_workers)
+        base = self.weights(0) if cfg.methods.hprompt.enabled or distill_active(cfg) else None
+        experts: list[ExpertSpec] = []
+        arrays: dict[str, np.ndarray] = {}
+        if distill_active(cfg):
+            available = self.experts()
+            threads = int(cfg.finetune.cpus_per_cell)
+            for task in experts_for_stage(cfg.methods.distill.mode, stage, available):
+                meta = read_expert_meta(available[task])
+                arrays[logits_file_key(task)] = ray.get(_expert_logits_task.options(
+                    num_cpus=cfg.finetune.cpus_per_cell, num_gpus=cfg.finetune.gpus_per_cell).remote(
+                    cfg, available[task], train, fingerprint, base, self.tokens, threads))
+                experts.append(ExpertSpec(task, meta["num_labels"], meta["is_regression"]))
+        prev_state, prev_meta = self.plugin_state(index - 1)
+        spec = StageSpec(config=cfg, stage=stage, tokens=self.tokens, init_weights=self.weights(index - 1),
+                         train_blocks=train, total_steps=total, base_weights=base, prev_plugin_state=prev_state,
+                         prev_plugin_meta=prev_meta, experts=experts, arrays=arrays)
+        jsonl = self.run.metrics(f"pretrain_stage{index:02d}.jsonl")
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        storage = cfg.ray.storage_path or str(self.run.storage_path)
+        run_key = hashlib.sha256(str(self.run.root).encode()).hexdigest()[:8]
+        t0 = time.time()
+        checkpoint = train_stage(spec, f"{self.run.root.name}-{run_key}-stage{index:02d}-{domain}", storage, jsonl)
+        final = self.run.stage(index, domain)
+        tmp = staging_dir(final)
+        with checkpoint.as_directory() as src:
+            for name in ("model.safetensors", "plugins.safetensors", "plugins.json", "meta.json"):
+                shutil.copy(Path(src) / name, tmp / name)
+        publish_dir(tmp, final)
+        print(f"stage {index} ({domain}): done in {time.time() - t0:.0f}s", flush=True)
+        if self.tracker:
+            self.tracker.log_steps([json.loads(line) for line in jsonl.read_text().splitlines()])
+
+    # ------------------------------------------------------------------ anytime rows
+
+    def submit_row(self, stage: int) -> None:
+        cfg = self.cfg
+        f = cfg.finetune
+        wants_expert = {t for t in self.names if stage == 0 and distill_active(cfg)
+                        and t not in cfg.methods.distill.experts and not (self.run.expert(t) / "expert.json").is_file()}
+        todo = [(i, t, s) for (i, t, s) in self.plan.cells if i == stage and (
+            not self.run.cell(i, t, s).is_file() or (t in wants_expert and s == f.seeds[0]))]
+        if not todo:
+            return
+        weights = self.weights(stage)
+        fingerprint = weights_fingerprint(weights)
+        state, _ = self.plugin_state(stage)
+        refs = (ray.put(weights), ray.put(self.weights(0)) if cfg.methods.hprompt.enabled else None,
+                ray.put(state) if state is not None else None)
+        for (i, task, seed) in todo:
+            spec = CellSpec(i, task, seed, fingerprint, keep_model=task in wants_expert and seed == f.seeds[0])
+            ref = _cell_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell, max_retries=f.max_retries,
+                                     retry_exceptions=[RuntimeError, OSError]).remote(
+                cfg, spec, refs[0], refs[1], refs[2], int(max(1, f.cpus_per_cell)))
+            self.pending[ref] = (i, task, seed)
+
+    def collect(self, until_stage: int | None = None) -> None:
+        """Wait for pending cells (all, or those of stages <= until_stage) and write their files."""
+        wanted = [r for r, (i, _, _) in self.pending.items() if until_stage is None or i <= until_stage]
+        while wanted:
+            done, wanted = ray.wait(wanted, num_returns=1)
+            i, task, seed = self.pending.pop(done[0])
+            record = ray.get(done[0])
+            state = record.pop("model_state", None)
+            if state is not None:
+                self.save_expert(task, record, state)
+            atomic_write_json(self.run.cell(i, task, seed), record)
+            print(f"cell stage {i} task {task} seed {seed}: accuracy {record['accuracy']:.3f} "
+                  f"macro-F1 {record['macro_f1']:.3f} ({record['wall_time_s']:.0f}s)", flush=True)
+
+    def save_expert(self, task: str, record: dict, state: dict) -> None:
+        cfg = self.cfg
+        info = TaskInfo(task, record["label_names"])
+        model, _, _ = build_task_model(cfg, self.weights(0), info, self.plan.tokenizer)
+        model.load_state_dict(state)
+        save_expert(self.run.expert(task), model, {
+            "task": task, "num_labels": info.num_labels, "is_regression": record["label_names"] is None,
+            "pooling": pooling_for(cfg), "label_names": record["label_names"], "model": cfg.model.name})
+
+    def diagnostics(self, stage: int) -> None:
+        path = self.run.metrics("stages.jsonl")
+        done = {json.loads(line)["stage"] for line in path.read_text().splitlines()} if path.is_file() else set()
+        if stage in done:
+            return
+        heldout = {n: self.blocks[n].heldout[:self.cfg.pretrain.eval_blocks] for n in self.names}
+        out = ray.get(_diagnostics_task.options(num_cpus=self.cfg.finetune.cpus_per_cell).remote(
+            self.cfg, self.weights(stage), heldout, self.tokens, int(max(1, self.cfg.finetune.cpus_per_cell))))
+        record = {"stage": stage, "row": "base" if stage == 0 else self.names[stage - 1], "domains": out}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        losses = ", ".join(f"{n} {v['mlm_loss']:.3f}" for n, v in out.items())
+        print(f"stage {stage}: held-out MLM loss {losses}", flush=True)
+        if self.tracker:
+            self.tracker.log_stage(stage, {f"{n}/{k}": v for n, m in out.items() for k, v in m.items()})
+
+    def log_partial(self, stage: int) -> dict:
+        cells = self.cell_records()
+        a = build_matrix(cells, self.names, len(self.names), "accuracy")
+        part = partial_metrics(a, stage)
+        if self.tracker:
+            self.tracker.log_stage(stage, {f"accuracy/{k}": v for k, v in part.items()})
+        return part
+
+    # ------------------------------------------------------------------ outputs
+
+    def cell_records(self) -> list[dict]:
+        return [read_json(p) for p in sorted((self.run.root / "cells").glob("*.json"))]
+
+    def finish(self) -> dict:
+        anytime = write_report(self.cfg, self.run)
+        if self.tracker:
+            self.tracker.log_matrix(anytime, self.run.root / "anytime_heatmap.png")
+            self.tracker.finish()
+        return anytime
+
+    def execute(self) -> dict:
+        self.setup()
+        self.base_stage()
+        self.diagnostics(0)
+        self.submit_row(0)
+        if distill_active(self.cfg) or not self.cfg.eval.asynchronous:
+            self.collect(0)
+            self.log_partial(0)
+        for index in range(1, len(self.names) + 1):
+            self.pretrain_stage(index)
+            self.diagnostics(index)
+            self.submit_row(index)
+            if not self.cfg.eval.asynchronous:
+                self.collect(index)
+                self.log_partial(index)
+        self.collect()
+        return self.finish()
+
+
+def diagnostics_table(run: RunDir, names: list[str]) -> dict:
+    path = run.metrics("stages.jsonl")
+    if not path.is_file():
+        return {}
+    records = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["stage"])
+    keys = list(records[0]["domains"][names[0]].keys()) if records else []
+    out = {}
+    for k in keys:
+        out[f"held-out {k}"] = {
+            "rows": [r["row"] for r in records], "columns": names,
+            "values": [[r["domains"][n][k] for n in names] for r in records],
+            "note": ("mean MLM cross-entropy on each domain's held-out blocks (same masks every stage)"
+                     if k == "mlm_loss" else "anchor-vector R^2 of the bulk log-partition (DESIGN.md 3.5)"),
+        }
+    return out
+
+
+def write_report(cfg: Config, run: RunDir) -> dict:
+    """Metrics and report from the cell files alone (what `--eval-only` runs)."""
+    names = [d.name for d in cfg.domains]
+    cells = [read_json(p) for p in sorted((run.root / "cells").glob("*.json"))]
+    if not cells:
+        raise InputError(f"{run.root}: no cell results to report (cells/ is empty)")
+    base = read_json(run.root / "base.json") if (run.root / "base.json").is_file() else {}
+    summary = {
+        "config": cfg.name, "method": cfg.methods.name, "model": cfg.model.name, "domains": " -> ".join(names),
+        "seeds": cfg.finetune.seeds, "pretrain": f"{cfg.pretrain.max_steps} steps x {cfg.pretrain.batch_size} "
+        f"x {cfg.model.block_size} tokens, lr {cfg.pretrain.lr}, {cfg.pretrain.num_workers} worker(s)",
+        "finetune": f"{cfg.finetune.epochs} epochs, max {cfg.finetune.max_train_examples} train / "
+        f"{cfg.finetune.max_eval_examples} eval examples, lr {cfg.finetune.lr}",
+        "hprompt": cfg.methods.hprompt.enabled, "distill": cfg.methods.distill.mode,
+        "coca": cfg.finetune.coca.enabled, "repcali": cfg.finetune.repcali.enabled,
+        "stage-0 MLM head": (f"warmed up {base.get('steps')} steps on general text (loss {base.get('loss_first', 0):.2f}"
+                             f" -> {base.get('loss_last', 0):.2f})") if base.get("head_warmup") else "as shipped",
+    }
+    return write_anytime_outputs(run.root, names, cells, cfg.finetune.seeds, summary, diagnostics_table(run, names))
