@@ -12,6 +12,7 @@ Step metrics: per-step training metrics use `train/global_step`; per-stage metri
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 from components.config import TrackingConfig
@@ -37,7 +38,7 @@ class Tracker:
         import wandb
 
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         atomic_write_text(id_file, run_id)
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity, group=group or cfg.group, name=name, dir=str(run_dir),
