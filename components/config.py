@@ -110,7 +110,7 @@ class HPromptConfig:
     """Hypernetwork prompts (HPrompt-CPT). DESIGN.md 3.1."""
 
     enabled: bool = False
-    prompt_length: int = field(default=8, metadata=_range(1, 512))
+    prompt_length: int = field(default=8, metadata=_range(0, 512))
     rank: int = field(default=128, metadata=_range(1))
     lambda_agree: float = field(default=1.0, metadata=_range(0))
     lambda_dis: float = field(default=0.1, metadata=_range(0))

