@@ -30,10 +30,11 @@ from components.data.corpus_cache import CorpusBlocks, fingerprint_file, load_co
 from components.data.domains import Domain, DomainSummary, resolve_domain, validate_domain
 from components.data.masking import MlmMasker
 from components.errors import InputError
+from components.faults import cell_fault, stage_fault
 from components.eval.cells import CellSpec, run_cell
 from components.eval.heldout import heldout_diagnostics
 from components.eval.matrix import build_matrix
-from components.eval.metrics import partial_metrics
+from components.eval.metrics import all_metrics, partial_metrics
 from components.eval.report import write_anytime_outputs
 from components.finetune.verbalizers import verbalizer_ids
 from components.io import atomic_write_json, read_json
@@ -160,8 +161,15 @@ def _expert_logits_task(cfg: Config, expert_dir: str, blocks: np.ndarray, finger
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, run_dir: Path, plan: Plan):
-        self.cfg, self.plan, self.run = cfg, plan, RunDir(run_dir)
+    """`shared_stages`: read (and train if missing) the pre-training stages there instead of in
+    `run_dir` (sweep trials that only change fine-tuning knobs). `on_row(stage, metrics)` is
+    called after each anytime row with the partial-matrix metrics (sweeps report them to Tune).
+    `pretrain_only`: train the stages, fine-tune nothing."""
+
+    def __init__(self, cfg: Config, run_dir: Path, plan: Plan, shared_stages: Path | None = None,
+                 on_row=None, pretrain_only: bool = False):
+        self.cfg, self.plan, self.run = cfg, plan, RunDir(run_dir, shared_stages)
+        self.on_row, self.pretrain_only = on_row, pretrain_only
         self.names = [d.name for d in plan.domains]
         tok = plan.tokenizer
         self.tokens = Tokens(len(tok), tok.mask_token_id, tok.pad_token_id, list(tok.all_special_ids))
@@ -261,7 +269,8 @@ class Pipeline:
         prev_state, prev_meta = self.plugin_state(index - 1)
         spec = StageSpec(config=cfg, stage=stage, tokens=self.tokens, init_weights=self.weights(index - 1),
                          train_blocks=train, total_steps=total, base_weights=base, prev_plugin_state=prev_state,
-                         prev_plugin_meta=prev_meta, experts=experts, arrays=arrays)
+                         prev_plugin_meta=prev_meta, experts=experts, arrays=arrays,
+                         fault=stage_fault(index))
         jsonl = self.run.metrics(f"pretrain_stage{index:02d}.jsonl")
         jsonl.parent.mkdir(parents=True, exist_ok=True)
         storage = cfg.ray.storage_path or str(self.run.storage_path)
@@ -295,7 +304,8 @@ class Pipeline:
         refs = (ray.put(weights), ray.put(self.weights(0)) if cfg.methods.hprompt.enabled else None,
                 ray.put(state) if state is not None else None)
         for (i, task, seed) in todo:
-            spec = CellSpec(i, task, seed, fingerprint, keep_model=task in wants_expert and seed == f.seeds[0])
+            spec = CellSpec(i, task, seed, fingerprint, keep_model=task in wants_expert and seed == f.seeds[0],
+                            fault_marker=cell_fault(i, task, seed))
             ref = _cell_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell, max_retries=f.max_retries,
                                      retry_exceptions=[RuntimeError, OSError]).remote(
                 cfg, spec, refs[0], refs[1], refs[2], int(max(1, f.cpus_per_cell)))
@@ -341,13 +351,16 @@ class Pipeline:
         if self.tracker:
             self.tracker.log_stage(stage, {f"{n}/{k}": v for n, m in out.items() for k, v in m.items()})
 
-    def log_partial(self, stage: int) -> dict:
+    def log_partial(self, stage: int) -> None:
         cells = self.cell_records()
         a = build_matrix(cells, self.names, len(self.names), "accuracy")
-        part = partial_metrics(a, stage)
+        part = {"row_mean": float(np.nanmean(a[stage])), **partial_metrics(a, stage)}
+        if stage == len(self.names):
+            part.update(all_metrics(a))
         if self.tracker:
             self.tracker.log_stage(stage, {f"accuracy/{k}": v for k, v in part.items()})
-        return part
+        if self.on_row:
+            self.on_row(stage, part)
 
     # ------------------------------------------------------------------ outputs
 
@@ -361,9 +374,17 @@ class Pipeline:
             self.tracker.finish()
         return anytime
 
-    def execute(self) -> dict:
+    def execute(self) -> dict | None:
         self.setup()
         self.base_stage()
+        if self.pretrain_only:
+            if distill_active(self.cfg):
+                raise InputError("pretrain_only: distillation needs the row-0 experts (fine-tuning)")
+            for index in range(1, len(self.names) + 1):
+                self.pretrain_stage(index)
+            if self.tracker:
+                self.tracker.finish()
+            return None
         self.diagnostics(0)
         self.submit_row(0)
         if distill_active(self.cfg) or not self.cfg.eval.asynchronous:

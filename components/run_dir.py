@@ -34,9 +34,14 @@ VOLATILE = {("tracking",), ("ray",), ("eval", "asynchronous"), ("finetune", "cpu
 @dataclass
 class RunDir:
     root: Path
+    shared_stages: Path | None = None   # pre-training stages shared by sweep trials (read + resume there)
+
+    @property
+    def stages_root(self) -> Path:
+        return self.shared_stages or self.root
 
     def stage(self, index: int, name: str) -> Path:
-        return self.root / "stages" / f"{index:02d}-{name}"
+        return self.stages_root / "stages" / f"{index:02d}-{name}"
 
     def cell(self, stage: int, task: str, seed: int) -> Path:
         return self.root / "cells" / f"s{stage:02d}-{task}-seed{seed}.json"
@@ -49,7 +54,7 @@ class RunDir:
 
     @property
     def storage_path(self) -> Path:
-        return self.root / "ray_storage"
+        return self.stages_root / "ray_storage"
 
 
 def _strip(tree: dict, prefix: tuple = ()) -> dict:

@@ -303,15 +303,19 @@ def test_heads_persist_through_state_dict_and_stages(tmp_path):
     assert torch.equal(p1b.heads["a"].weight, p1.heads["a"].weight) and int(p1b.kd_step) == 7
     # stage 2 under UEGP: expert b in use, head a restored (frozen) and kept in later checkpoints
     p2 = ExpertKDPlugin(cfg, D, [("b", 2, False, None)], seed=0)
-    p2.load_state_dict(sd, strict=False)
-    p2.load_state_dict({**p2.state_dict(), **sd})    # strict: creates 'a' from the checkpoint
+    nn.ModuleList([p2]).load_state_dict({f"0.{k}": v for k, v in sd.items()})   # strict, as the loop does
     assert torch.equal(p2.heads["a"].weight, p1.heads["a"].weight)
     assert not p2.heads["a"].weight.requires_grad and p2.heads["b"].weight.requires_grad
     assert {"heads.a.weight", "heads.b.weight"} <= set(p2.state_dict())
     # stage 2 under MoEGP: the stage-1 head is reused (trained again)
     p3 = ExpertKDPlugin(DistillConfig(mode="moegp"), D, [("a", 3, False, None), ("b", 2, False, None)], seed=0)
-    p3.load_state_dict({k: v for k, v in sd.items()}, strict=False)
+    p3.load_state_dict(sd)                            # strict: new head 'b' is not "missing"
     assert torch.equal(p3.heads["a"].weight, p1.heads["a"].weight) and p3.heads["a"].weight.requires_grad
+    # a resumed checkpoint that lacks a head that should be there is still an error
+    p4 = ExpertKDPlugin(cfg, D, [("a", 3, False, None)], seed=0)
+    p4.load_state_dict(sd)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        p4.load_state_dict({"kd_step": sd["kd_step"]})
     # warm start and head init that does not touch the global RNG
     torch.manual_seed(0)
     r0 = torch.rand(1)
@@ -323,6 +327,9 @@ def test_heads_persist_through_state_dict_and_stages(tmp_path):
     assert torch.equal(p1.heads["a"].weight, w)
     with pytest.raises(InputError):
         p1.warm_start_from("a", torch.randn(2, D), torch.randn(2))
+    d = make_expert(tmp_path / "exp_ws", seed=4)
+    pw = ExpertKDPlugin(DistillConfig(mode="uegp", warm_start_head=True), D, [ExpertSpec("a", 3, False, None, str(d))])
+    assert torch.equal(pw.heads["a"].weight, expert_head(d)[0])
 
 
 # ----------------------------------------------------------------------------- DDP

@@ -21,9 +21,6 @@ from components.finetune.loop import finetune
 from components.methods import TaskInfo, build_task_model, pooling_for
 from components.models.loading import load_tokenizer
 
-FAULT_ENV = "ANYTIME_CPT_FAIL_CELL"  # test-only hook: "<stage>:<task>:<seed>" kills that cell once
-
-
 @dataclass
 class CellSpec:
     stage: int
@@ -31,6 +28,7 @@ class CellSpec:
     seed: int
     checkpoint_fingerprint: str
     keep_model: bool = False   # return the fine-tuned weights (row-0 experts for distillation)
+    fault_marker: str | None = None  # test-only: die once (see components.faults)
 
 
 def subsample(n: int, limit: int | None, seed: int) -> np.ndarray:
@@ -46,11 +44,9 @@ def _take(data: dict[str, torch.Tensor], rows: np.ndarray) -> dict[str, torch.Te
 
 
 def _maybe_fail(spec: CellSpec) -> None:
-    if os.environ.get(FAULT_ENV) != f"{spec.stage}:{spec.task}:{spec.seed}":
-        return
-    marker = Path(os.environ.get("ANYTIME_CPT_FAIL_MARKER", "/tmp/anytime-cpt-fault")).with_suffix(".cell")
-    if not marker.exists():
-        marker.write_text("injected")
+    """Test-only: the cell's process dies once when `spec.fault_marker` is set."""
+    if spec.fault_marker and not Path(spec.fault_marker).exists():
+        Path(spec.fault_marker).write_text("injected")
         os._exit(1)
 
 
@@ -76,7 +72,8 @@ def run_cell(cfg: Config, spec: CellSpec, weights: dict, base_weights: dict | No
     result = finetune(model, plugins, data["train"], data["dev"], data["test"], f, spec.seed, device,
                       regression=train_task.is_regression, keep_best_state=spec.keep_model)
     record = {
-        **asdict(spec),
+        "stage": spec.stage, "task": spec.task, "seed": spec.seed,
+        "checkpoint_fingerprint": spec.checkpoint_fingerprint,
         "accuracy": result.accuracy,
         "macro_f1": result.macro_f1,
         "best_dev": result.best_dev,

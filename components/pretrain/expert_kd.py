@@ -41,7 +41,7 @@ from components.errors import InputError
 from components.finetune.task_model import TaskBatch, TaskModel
 from components.io import atomic_write_bytes, atomic_write_json
 from components.models.masked_lm import MaskedLM
-from components.pretrain.experts import expert_fingerprint, load_expert, read_expert_meta
+from components.pretrain.experts import expert_fingerprint, expert_head, load_expert, read_expert_meta
 from components.pretrain.plugin import PretrainPlugin, StageInfo
 
 CACHE_FORMAT = 1
@@ -224,6 +224,7 @@ class ExpertSpec:
     num_labels: int
     is_regression: bool
     logits_path: str | None = None   # else taken from StageInfo.files[logits_file_key(task)]
+    expert_dir: str | None = None    # for cfg.warm_start_head: copy the expert's head at creation
 
 
 def _head_seed(seed: int, task: str) -> int:
@@ -240,10 +241,14 @@ class ExpertKDPlugin(PretrainPlugin):
     """UEGP / MoEGP as a pre-training plug-in: adds {"kd": lambda_kd * sum_k w_k L_KD^k}.
 
     `experts`: the experts in use this stage, as ExpertSpec or (task, num_labels,
-    is_regression, logits_path) tuples. Heads live in `self.heads` (nn.ModuleDict keyed by
+    is_regression[, logits_path[, expert_dir]]) tuples. With cfg.warm_start_head a newly
+    created head copies its expert's head (from `expert_dir`); a head restored from a
+    checkpoint afterwards wins. Heads live in `self.heads` (nn.ModuleDict keyed by
     task) and persist in the state dict across stages; loading a state dict that has heads the
-    constructor did not create adds them (frozen). Heads of experts not in use this stage are
-    frozen (requires_grad False), so DDP never waits for them.
+    constructor did not create adds them (frozen); heads the constructor created for experts
+    new at this stage may be absent from it (a strict load of the previous stage's state
+    passes). Heads of experts not in use this stage are frozen (requires_grad False), so DDP
+    never waits for them.
 
     DDP: build the plug-in (and load any checkpoint) before wrapping; the heads are trained
     with the model under the same DDP. In a step every trainable head is part of the graph
@@ -274,6 +279,9 @@ class ExpertKDPlugin(PretrainPlugin):
         self.in_use: list[str] = []
         self.created: list[str] = []   # heads created by this constructor (warm-start candidates)
         self._teacher: dict[str, np.ndarray] = {}
+        self._fresh_keys: set[str] = set()
+        self._forgivable: set[str] = set()   # created here and never loaded from a state dict
+        self.register_load_state_dict_post_hook(ExpertKDPlugin._forgive_new_heads)
         if self.active:
             self.set_experts(experts)
 
@@ -306,6 +314,9 @@ class ExpertKDPlugin(PretrainPlugin):
             else:
                 self.heads[s.task] = self._new_head(s.task, s.num_labels)
                 self.created.append(s.task)
+                self._forgivable.add(s.task)
+                if self.cfg.warm_start_head and s.expert_dir is not None:
+                    self.warm_start_from(s.task, *expert_head(s.expert_dir))
         self.specs = {s.task: s for s in specs}
         self.in_use = [s.task for s in specs]
         for task, head in self.heads.items():
@@ -326,15 +337,27 @@ class ExpertKDPlugin(PretrainPlugin):
         # Heads saved by earlier stages but not in use now: create them (frozen) so the
         # checkpoint loads strictly and they persist into later checkpoints.
         hp = prefix + "heads."
+        saved = set()
         for key, value in state_dict.items():
             if key.startswith(hp) and key.endswith(".weight") and key.count(".") == hp.count(".") + 1:
                 task = key[len(hp):-len(".weight")]
+                saved.add(task)
                 if task not in self.heads and value.ndim == 2:
                     head = nn.utils.skip_init(nn.Linear, value.shape[1], value.shape[0])
                     head.requires_grad_(False)
                     self.heads[task] = head
+        # Heads this constructor created for experts new at this stage are legitimately absent
+        # from the previous stage's state: forgiven in `_forgive_new_heads` (strict loads pass).
+        self._forgivable -= saved
+        self._fresh_keys = {f"{hp}{t}.{n}" for t in self._forgivable for n in ("weight", "bias")}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+    @staticmethod
+    def _forgive_new_heads(module: "ExpertKDPlugin", incompatible_keys) -> None:
+        fresh = getattr(module, "_fresh_keys", set())
+        incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if k not in fresh]
+        module._fresh_keys = set()
 
     # -- stage
 

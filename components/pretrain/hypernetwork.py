@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -39,7 +40,9 @@ class Hypernetwork(nn.Module):
         self.norm = nn.LayerNorm(hidden_size)
         self.down = nn.Linear(hidden_size, rank)
         self.act = nn.GELU()
-        self.up = nn.Linear(rank, prompt_length * hidden_size)
+        with warnings.catch_warnings():  # prompt_length 0 (an exact no-op prompt) warns about empty init
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.up = nn.Linear(rank, prompt_length * hidden_size)
         with torch.no_grad():
             self.up.weight.normal_(0.0, init_std / math.sqrt(rank))
             self.up.bias.zero_()
@@ -61,6 +64,8 @@ class QueryEncoder(nn.Module):
         frozen = copy.deepcopy(base) if copy_model else base
         frozen.eval()
         frozen.requires_grad_(False)
+        for p in frozen.parameters():
+            p.grad = None  # a deep copy would carry the source's accumulated gradients
         object.__setattr__(self, "_frozen", frozen)  # hidden from parameters()/state_dict()/train()
 
     @property

