@@ -107,4 +107,17 @@ def build_task_model(
         plugins.append(Coca(f.coca, task.num_labels, task.name))
     model = TaskModel(mlm, task.num_labels, pooling_for(cfg), calibration, prompter,
                       calibrate_mlm_head=f.repcali.enabled and f.repcali.mlm_head, verbalizer_ids=verbalizers)
+    if cfg.methods.distill.warm_start_head and plugin_state is not None:
+        notes += warm_start_from_student(model, task.name, plugin_state)
     return model, plugins, notes
+
+
+def warm_start_from_student(model: TaskModel, task: str, plugin_state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy the distilled student head of `task` (pre-training plug-in state) into the task head."""
+    key = next((k for k in plugin_state if k.endswith(f"heads.{task}.weight")), None)
+    if key is None:
+        return [f"no distilled student head for '{task}' at this stage: task head starts fresh"]
+    with torch.no_grad():
+        model.head.weight.copy_(plugin_state[key])
+        model.head.bias.copy_(plugin_state[key[:-len("weight")] + "bias"])
+    return [f"task head warm-started from the distilled student head ({key})"]

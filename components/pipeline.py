@@ -323,7 +323,8 @@ class Pipeline:
                 self.save_expert(task, record, state)
             atomic_write_json(self.run.cell(i, task, seed), record)
             print(f"cell stage {i} task {task} seed {seed}: accuracy {record['accuracy']:.3f} "
-                  f"macro-F1 {record['macro_f1']:.3f} ({record['wall_time_s']:.0f}s)", flush=True)
+                  f"macro-F1 {record['macro_f1']:.3f} ({record['wall_time_s']:.0f}s)"
+                  + "".join(f"\n  note: {n}" for n in record["notes"]), flush=True)
 
     def save_expert(self, task: str, record: dict, state: dict) -> None:
         cfg = self.cfg

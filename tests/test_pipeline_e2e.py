@@ -167,3 +167,25 @@ def test_driver_killed_between_stages_resumes_to_the_same_results(clean_run, tmp
     b = load_file(str(run_dir / "stages/02-acl/model.safetensors"))
     assert all(np.allclose(a[k].numpy(), b[k].numpy(), rtol=0, atol=1e-6) for k in a)
     assert matrix(run_dir)["accuracy"] == matrix(clean_run)["accuracy"]
+
+
+def test_full_method_preset_end_to_end(tmp_path, shared_cache, ray_session):
+    """HPrompt + MoEGP in pre-training, CoCa + RepCali in the cells, all in one real run."""
+    run_dir = tmp_path / "full"
+    cfg = load_config([REPO_ROOT / "pipelines/configs/default.yaml", REPO_ROOT / "pipelines/configs/methods/full.yaml"],
+                      [*TINY, f"data.cache_dir={shared_cache}", "methods.distill.warm_start_head=true"])
+    anytime = Pipeline(cfg, run_dir, prepare(cfg)).execute()
+    assert np.isfinite(np.array(anytime["accuracy"], dtype=float)).all()
+    # prototypes: one per finished domain, saved with each stage and carried to the next
+    metas = [json.loads((run_dir / f"stages/{s}/meta.json").read_text()) for s in ("01-laptop", "02-acl")]
+    assert metas[0]["plugin_meta"][0]["prototype_names"] == ["laptop"]
+    assert metas[1]["plugin_meta"][0]["prototype_names"] == ["laptop", "acl"]
+    # row-0 fine-tuned models became the experts; their logits were cached once per stage
+    assert {p.name for p in (run_dir / "experts").iterdir()} == {"laptop", "acl"}
+    assert len(list((shared_cache / "expert_logits").glob("*.npy"))) >= 3   # stage 1: laptop; stage 2: laptop, acl
+    steps = [json.loads(line) for line in (run_dir / "metrics/pretrain_stage02.jsonl").read_text().splitlines()]
+    assert {"loss/hprompt/agree", "loss/hprompt/disagree", "loss/kd/kd", "loss/mlm"} <= set(steps[-1])
+    cell = json.loads((run_dir / "cells/s02-acl-seed0.json").read_text())
+    assert cell["pooling"] == "mask" and cell["extra_forwards"] > 0          # CoCa ran its adversarial passes
+    assert any("RepCali rank 0: 768 parameters" in n for n in cell["notes"])
+    assert any("warm-started from the distilled student head" in n for n in cell["notes"])

@@ -1,0 +1,282 @@
+"""The benchmark results table: every method against its baselines, over independent seeds.
+
+Input: one loaded anytime.json dict per (method, seed) run, or None where the run is missing.
+Each run is a whole independent pipeline run with one seed (``seed`` = ``finetune.seeds[0]``),
+so its metrics are those of its own matrix (``all_metrics``).
+
+- A method's cell is the mean over its seeds and the 95% Student-t half-width
+  (``mean_ci95``: t_{0.975, n-1} * s / sqrt(n)); with one seed there is no interval (n/a).
+- ``base`` (no pre-training) is built from row 0 of each reference (ncl) run: the metrics of
+  the constant matrix whose every row equals row 0, i.e. a model that is never pre-trained.
+  Its A_all / A_final are the mean of row 0; A_seen / A_unseen weight row 0 by the same
+  index sets as every other method. Its BWT, FWT and forgetting are 0 by construction and
+  are reported as n/a.
+- Paired difference vs the reference: for each seed present in both, d_s = metric(method, s)
+  - metric(ncl, s); the cell is mean(d) ± the 95% half-width of d. ``significant`` is the
+  paired t-test at 5%: the interval excludes 0 (|mean| > half-width; a 1e-12 tolerance
+  absorbs float noise). With fewer than 2 paired seeds it is None ("n/a").
+- Missing runs (or metrics a run could not compute) are listed, and every cell says how many
+  seeds it averages when that is fewer than requested: nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from components.eval.matrix import SCORES
+from components.eval.metrics import METRIC_NAMES, all_metrics, mean_ci95
+
+TABLE_METRICS: tuple[str, ...] = ("A_all", "A_seen", "A_unseen", "A_final", "BWT", "FWT", "forgetting")
+BASE = "base"
+REFERENCE = "ncl"
+SCORE_TITLES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1"}
+_TOL = 1e-12
+
+Runs = Mapping[str, Mapping[int, "dict[str, Any] | None"]]  # method -> seed -> anytime.json dict or None
+
+
+def run_matrix(anytime: Mapping[str, Any], score: str) -> np.ndarray:
+    """The (N+1) x N matrix of ``score`` from an anytime.json dict (null cells -> NaN)."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    return np.array([[np.nan if v is None else v for v in row] for row in anytime[score]], dtype=float)
+
+
+def run_metrics(anytime: Mapping[str, Any], score: str) -> dict[str, float | None]:
+    """Every anytime metric (``METRIC_NAMES``) of one single-seed run's matrix."""
+    return all_metrics(run_matrix(anytime, score))
+
+
+def base_metrics(anytime: Mapping[str, Any], score: str) -> dict[str, float | None]:
+    """Metrics of the never-pre-trained model: the constant matrix whose rows all equal row 0.
+
+    BWT, FWT and forgetting (0 by construction) and learning accuracy are None (n/a).
+    """
+    a = run_matrix(anytime, score)
+    out = all_metrics(np.tile(a[0], (a.shape[0], 1)))
+    for name in ("learning_accuracy", "BWT", "FWT", "forgetting"):
+        out[name] = None
+    return out
+
+
+def summarize(values: Sequence[float | None]) -> dict[str, Any]:
+    """``{"mean", "ci95", "n"}`` over the non-None values; ci95 None with fewer than 2 values."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "ci95": None, "n": 0}
+    mean, half = mean_ci95(vals)
+    return {"mean": mean, "ci95": half if len(vals) > 1 else None, "n": len(vals)}
+
+
+def paired_difference(method: Mapping[int, float | None], reference: Mapping[int, float | None]) -> dict[str, Any]:
+    """Paired (same-seed) difference method - reference: mean, 95% half-width, n, seeds, significant.
+
+    ``significant`` is True/False (the 95% interval of the differences excludes 0: paired
+    t-test at 5%, two-sided) or None when fewer than 2 seeds pair up.
+    """
+    seeds = sorted(s for s in method if s in reference and method[s] is not None and reference[s] is not None)
+    diffs = [float(method[s]) - float(reference[s]) for s in seeds]
+    out = summarize(diffs) | {"seeds": seeds}
+    if out["n"] < 2:
+        out["significant"] = None
+    else:
+        out["significant"] = bool(abs(out["mean"]) - out["ci95"] > _TOL)
+    return out
+
+
+def _check_domains(runs: Runs) -> list[str]:
+    domains = None
+    for method, by_seed in runs.items():
+        for seed, run in by_seed.items():
+            if run is None:
+                continue
+            if domains is None:
+                domains = list(run["domains"])
+            elif list(run["domains"]) != domains:
+                raise ValueError(f"{method} seed {seed}: domains {run['domains']} differ from {domains}")
+    return domains or []
+
+
+def build_results(runs: Runs, seeds: Sequence[int], reference: str = REFERENCE) -> dict[str, Any]:
+    """Aggregate the runs: per-method summaries, paired differences vs ``reference``, mean matrices.
+
+    ``runs[method][seed]`` is the run's anytime.json dict or None (missing). The ``base`` row
+    is derived from the reference's runs (row 0) when the reference is among the methods.
+    """
+    seeds = list(seeds)
+    domains = _check_domains(runs)
+    methods = list(runs)
+    missing = [{"method": m, "seed": s} for m in methods for s in seeds if runs[m].get(s) is None]
+    has_base = reference in runs
+    rows = ([BASE] if has_base else []) + methods
+    per_run: dict[str, dict[str, dict[int, dict[str, float | None]]]] = {}
+    for score in SCORES:
+        per_run[score] = {m: {s: run_metrics(r, score) for s, r in runs[m].items() if r is not None and s in seeds}
+                          for m in methods}
+        if has_base:
+            per_run[score][BASE] = {s: base_metrics(r, score) for s, r in runs[reference].items()
+                                    if r is not None and s in seeds}
+    scores: dict[str, Any] = {}
+    for score in SCORES:
+        table, paired, matrices = {}, {}, {}
+        for m in rows:
+            by_seed = per_run[score][m]
+            table[m] = {name: summarize([by_seed[s][name] for s in seeds if s in by_seed])
+                        | {"values": {str(s): by_seed[s][name] for s in seeds if s in by_seed}}
+                        for name in METRIC_NAMES}
+            if has_base and m != reference:
+                ref = per_run[score][reference]
+                paired[m] = {name: paired_difference({s: v[name] for s, v in by_seed.items()},
+                                                     {s: v[name] for s, v in ref.items()})
+                             for name in METRIC_NAMES}
+        for m in methods:
+            mats = [run_matrix(r, score) for s, r in runs[m].items() if r is not None and s in seeds]
+            if mats:
+                with np.errstate(all="ignore"):
+                    matrices[m] = {"n": len(mats), "mean": np.nanmean(np.stack(mats), axis=0).tolist()}
+        scores[score] = {"table": table, "paired_vs_reference": paired, "mean_matrix": matrices}
+    notes = [f"Each cell: mean ± 95% Student-t half-width over seeds ({', '.join(map(str, seeds))}); "
+             "one seed gives no interval (n/a)."]
+    if has_base:
+        notes.append(f"'{BASE}' = no pre-training: row 0 of the {reference} runs, scored as a matrix whose every "
+                     "row equals row 0 (A_all = A_final = mean of row 0); its BWT/FWT/forgetting are 0 by "
+                     "construction and shown as n/a.")
+        notes.append(f"Paired difference = method - {reference} on the same seed; significant = the 95% interval "
+                     "of the paired differences excludes 0 (paired t-test at 5%); n/a with fewer than 2 seeds.")
+    else:
+        notes.append(f"'{reference}' is not among the methods: no base row and no paired differences.")
+    return {"reference": reference if has_base else None, "methods": rows, "seeds": seeds, "domains": domains,
+            "metrics": list(TABLE_METRICS), "missing": missing, "scores": scores, "notes": notes}
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _fmt_cell(cell: Mapping[str, Any], n_expected: int, signed: bool = False) -> str:
+    if cell["n"] == 0 or cell["mean"] is None:
+        return "missing" if cell.get("missing") else "n/a"
+    fmt = "{:+.4f}" if signed else "{:.4f}"
+    text = fmt.format(cell["mean"]) + " ± " + ("n/a" if cell["ci95"] is None else f"{cell['ci95']:.4f}")
+    if cell["n"] < n_expected:
+        text += f" (n={cell['n']})"
+    return text
+
+
+def _sig(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("**sig**" if flag else "n.s.")
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def results_markdown(results: Mapping[str, Any], header: Sequence[tuple[str, Any]] = (),
+                     heatmaps: str | None = None) -> str:
+    """results.md: header facts, one table per score (rows: methods incl. base), paired
+    differences vs the reference with significance, missing runs, the heatmap link."""
+    n_seeds = len(results["seeds"])
+    missing_methods = {m["method"] for m in results["missing"]}
+    ref = results["reference"]
+    lines = ["# Anytime results: every method against its baselines", ""]
+    lines += [f"- {k}: {v}" for k, v in header] + ([""] if header else [])
+    lines += [f"Domains (in order): {' -> '.join(results['domains']) or 'n/a'}.", ""]
+    lines += [f"- {n}" for n in results["notes"]] + [""]
+    for score in SCORES:
+        block = results["scores"][score]
+        title = SCORE_TITLES[score]
+        lines += [f"## {title}", ""]
+        rows = []
+        for m in results["methods"]:
+            cells = []
+            for name in results["metrics"]:
+                cell = dict(block["table"][m][name])
+                cell["missing"] = m in missing_methods or (m == BASE and ref in missing_methods)
+                cells.append(_fmt_cell(cell, n_seeds))
+            rows.append([m, *cells])
+        lines += _md_table(["method", *results["metrics"]], rows) + [""]
+        if block["paired_vs_reference"]:
+            lines += [f"### {title}: paired difference vs {ref} (method - {ref}, same seed)", ""]
+            rows = []
+            for m, by_metric in block["paired_vs_reference"].items():
+                cells = []
+                for name in results["metrics"]:
+                    cell = by_metric[name]
+                    if cell["n"] == 0:
+                        cells.append("missing" if m in missing_methods or ref in missing_methods else "n/a")
+                    else:
+                        cells.append(f"{_fmt_cell(cell, n_seeds, signed=True)} {_sig(cell['significant'])}")
+                rows.append([m, *cells])
+            lines += _md_table(["method", *results["metrics"]], rows)
+            lines += ["", "**sig** = the 95% interval of the paired differences excludes 0 (paired t-test, 5%); "
+                      "n.s. = it does not; n/a = fewer than 2 paired seeds.", ""]
+    lines += ["## Missing runs", ""]
+    if results["missing"]:
+        lines += [f"- {m['method']} seed {m['seed']}: no anytime.json" + (f" ({m['reason']})" if m.get("reason")
+                                                                          else "") for m in results["missing"]]
+        lines += ["", "Cells of these methods average the seeds that exist (n shown when fewer than "
+                  f"{n_seeds})."]
+    else:
+        lines.append("None: every (method, seed) run finished.")
+    lines.append("")
+    if heatmaps:
+        lines += ["## Accuracy matrices", "", f"![accuracy matrices]({heatmaps})", "",
+                  "Mean over seeds; row i = after pre-training stage i (0 = base), column j = fine-tuned on "
+                  "task j; left of the red staircase = seen domains.", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- heatmaps
+
+
+def heatmaps_png(matrices: Mapping[str, np.ndarray], domains: Sequence[str], title: str = "accuracy") -> bytes:
+    """Annotated heatmaps of several (N+1) x N matrices side by side, with the seen/unseen staircase."""
+    n = len(domains)
+    k = len(matrices)
+    fig = Figure(figsize=(k * (2.4 + 0.9 * n), 2.2 + 0.7 * (n + 1)))  # Agg canvas, no pyplot state
+    axes = fig.subplots(1, k, squeeze=False)[0]
+    image = None
+    for ax, (name, mat) in zip(axes, matrices.items()):
+        mat = np.asarray(mat, dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(mat), vmin=0.0, vmax=1.0, cmap="viridis")
+        for i in range(n + 1):
+            for j in range(n):
+                v = mat[i, j]
+                ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=8,
+                        color="white" if not math.isnan(v) and v < 0.6 else "black")
+        ax.plot([x for i in range(n + 1) for x in (i - 0.5, i - 0.5)],
+                [y for i in range(n + 1) for y in (i - 0.5, i + 0.5)], color="red", linewidth=2)
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.set_ylim(n + 0.5, -0.5)
+        ax.set_xticks(range(n), list(domains), rotation=30, ha="right")
+        ax.set_yticks(range(n + 1), [f"{i}: {r}" for i, r in enumerate(["base", *domains])])
+        ax.set_xlabel("fine-tuned on task")
+        ax.set_title(f"{name}: {title} (mean over seeds)", fontsize=9)
+    axes[0].set_ylabel("after pre-training stage")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), fraction=0.046 / k, pad=0.04)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_runs(out_dir: Path, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, dict[int, dict | None]]:
+    """``out_dir/<method>/seed<s>/anytime.json`` for every (method, seed); None where absent."""
+    runs: dict[str, dict[int, dict | None]] = {}
+    for m in methods:
+        runs[m] = {}
+        for s in seeds:
+            path = Path(out_dir) / m / f"seed{s}" / "anytime.json"
+            runs[m][s] = json.loads(path.read_text()) if path.is_file() else None
+    return runs
