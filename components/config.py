@@ -101,7 +101,6 @@ class PretrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     eval_blocks: int = field(default=64, metadata=_range(1))
     end_stage_blocks: int = field(default=256, metadata=_range(1))
-    carry_optimizer: bool = False
     log_every: int = field(default=10, metadata=_range(1))
 
 

@@ -2,7 +2,8 @@
 evaluation after every stage.
 
     python pipelines/continual.py --config pipelines/configs/default.yaml --run-dir runs/default
-    ray job submit --working-dir . -- python pipelines/continual.py --config ... --run-dir /abs/dir
+    ray job submit --working-dir . --runtime-env ray_runtime_env.yaml -- python pipelines/continual.py \\
+        --config ... --run-dir /abs/dir --set data.cache_dir=/abs/cache   # absolute: see components/cli.py
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--run-dir", type=Path, help="where every output of the run goes (absolute or "
-                        "relative to the current directory)")
+                        "relative to the current directory; absolute under `ray job submit`)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config and every data file, print the plan, train nothing")
     parser.add_argument("--eval-only", action="store_true",

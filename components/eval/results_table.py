@@ -164,7 +164,8 @@ def _fmt_cell(cell: Mapping[str, Any], n_expected: int, signed: bool = False) ->
     if cell["n"] == 0 or cell["mean"] is None:
         return "missing" if cell.get("missing") else "n/a"
     fmt = "{:+.4f}" if signed else "{:.4f}"
-    text = fmt.format(cell["mean"]) + " ± " + ("n/a" if cell["ci95"] is None else f"{cell['ci95']:.4f}")
+    value = 0.0 if abs(cell["mean"]) < _TOL else cell["mean"]  # no "-0.0000" from float noise
+    text = fmt.format(value) + " ± " + ("n/a" if cell["ci95"] is None else f"{cell['ci95']:.4f}")
     if cell["n"] < n_expected:
         text += f" (n={cell['n']})"
     return text
@@ -259,7 +260,7 @@ def heatmaps_png(matrices: Mapping[str, np.ndarray], domains: Sequence[str], tit
         ax.set_xticks(range(n), list(domains), rotation=30, ha="right")
         ax.set_yticks(range(n + 1), [f"{i}: {r}" for i, r in enumerate(["base", *domains])])
         ax.set_xlabel("fine-tuned on task")
-        ax.set_title(f"{name}: {title} (mean over seeds)", fontsize=9)
+        ax.set_title(f"{name}\n{title}, mean over seeds", fontsize=9)
     axes[0].set_ylabel("after pre-training stage")
     if image is not None:
         fig.colorbar(image, ax=list(axes), fraction=0.046 / k, pad=0.04)
