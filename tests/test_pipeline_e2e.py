@@ -137,7 +137,8 @@ def test_killed_worker_and_killed_cell_recover_to_the_same_results(clean_run, tm
     for stage in ("01-laptop", "02-acl"):  # restarted from the step-2 checkpoint: same weights (CPU, gloo)
         a = load_file(str(clean_run / "stages" / stage / "model.safetensors"))
         b = load_file(str(run_dir / "stages" / stage / "model.safetensors"))
-        assert all(np.allclose(a[k].numpy(), b[k].numpy(), rtol=0, atol=1e-6) for k in a), stage
+        diff = max(float(np.abs(a[k].numpy() - b[k].numpy()).max()) for k in a)
+        assert diff <= 1e-6, (stage, diff)
     assert matrix(run_dir)["accuracy"] == matrix(clean_run)["accuracy"]
 
 

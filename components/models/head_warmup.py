@@ -66,7 +66,7 @@ def _warm_up(mlm: MaskedLM, blocks: np.ndarray, masker: MlmMasker, pad_id: int, 
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     for p in mlm.parameters():
         p.requires_grad_(True)
     k = max(1, len(losses) // 10)
@@ -74,7 +74,10 @@ def _warm_up(mlm: MaskedLM, blocks: np.ndarray, masker: MlmMasker, pad_id: int, 
 
 
 def prepare_base_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, cache_dir: Path, seed: int) -> tuple[Path, dict]:
-    """Weights of the stage-0 model (with a working MLM head) as a safetensors file + what was done."""
+    """Weights of the stage-0 model (with a working MLM head) as a safetensors file + what was done.
+
+    Seeded: the fresh head's initialisation and the warm-up are functions of `seed`."""
+    torch.manual_seed(seed)
     hf, head_is_fresh = load_masked_lm(cfg.name)
     mode = cfg.head_warmup.mode
     warm = mode == "always" or (mode == "auto" and head_is_fresh)
