@@ -52,6 +52,10 @@ from components.run_dir import RunDir, check_same_run, git_sha, hardware, versio
 from components.tracking.wandb_tracker import Tracker
 
 
+# Tasks request their own resources: a sweep trial's placement group must not capture them.
+OUTSIDE_ANY_PLACEMENT_GROUP = "DEFAULT"
+
+
 @dataclass
 class Plan:
     """What validation found and what the run will do."""
@@ -263,7 +267,8 @@ class Pipeline:
             for task in experts_for_stage(cfg.methods.distill.mode, stage, available):
                 meta = read_expert_meta(available[task])
                 arrays[logits_file_key(task)] = ray.get(_expert_logits_task.options(
-                    num_cpus=cfg.finetune.cpus_per_cell, num_gpus=cfg.finetune.gpus_per_cell).remote(
+                    num_cpus=cfg.finetune.cpus_per_cell, num_gpus=cfg.finetune.gpus_per_cell,
+                    scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
                     cfg, available[task], train, fingerprint, base, self.tokens, threads))
                 experts.append(ExpertSpec(task, meta["num_labels"], meta["is_regression"]))
         prev_state, prev_meta = self.plugin_state(index - 1)
@@ -307,7 +312,8 @@ class Pipeline:
             spec = CellSpec(i, task, seed, fingerprint, keep_model=task in wants_expert and seed == f.seeds[0],
                             fault_marker=cell_fault(i, task, seed))
             ref = _cell_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell, max_retries=f.max_retries,
-                                     retry_exceptions=[RuntimeError, OSError]).remote(
+                                     retry_exceptions=[RuntimeError, OSError],
+                                     scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
                 cfg, spec, refs[0], refs[1], refs[2], int(max(1, f.cpus_per_cell)))
             self.pending[ref] = (i, task, seed)
 
@@ -341,7 +347,8 @@ class Pipeline:
         if stage in done:
             return
         heldout = {n: self.blocks[n].heldout[:self.cfg.pretrain.eval_blocks] for n in self.names}
-        out = ray.get(_diagnostics_task.options(num_cpus=self.cfg.finetune.cpus_per_cell).remote(
+        out = ray.get(_diagnostics_task.options(num_cpus=self.cfg.finetune.cpus_per_cell,
+                                                scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
             self.cfg, self.weights(stage), heldout, self.tokens, int(max(1, self.cfg.finetune.cpus_per_cell))))
         record = {"stage": stage, "row": "base" if stage == 0 else self.names[stage - 1], "domains": out}
         path.parent.mkdir(parents=True, exist_ok=True)

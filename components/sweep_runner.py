@@ -33,7 +33,7 @@ def run_sweep(cfg: Config, space_file: Path, sweep_dir: Path, num_samples: int, 
         Pipeline(cfg, shared, plan, pretrain_only=True).execute()
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, sweep_dir=str(sweep_dir), shared_stages=str(shared) if shared else None),
-        {"cpu": 0})
+        {"cpu": 0, "memory": 1_000_000})  # a token bundle: the trial's stages and cells bring their own resources
     scheduler = None
     if scheduler_name == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=len(cfg.domains) + 1,

@@ -53,3 +53,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A private local Ray head (token auth, own ports and temp dir) for one test module."""
+    try:
+        from tests.ray_head import local_ray_head
+    except ImportError:
+        from ray_head import local_ray_head
+
+    with local_ray_head(tmp_path_factory.mktemp("ray_head")) as head:
+        yield head

@@ -36,7 +36,7 @@ from components.pretrain.hprompt import (
     disagreement_loss,
     usable_positions,
 )
-from components.pretrain.hypernetwork import Hypernetwork, PromptGenerator, QueryEncoder, build_prompt_generator
+from components.pretrain.hypernetwork import QueryEncoder, build_prompt_generator
 from components.pretrain.loop import MlmObjective
 from components.pretrain.plugin import StageInfo
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 try:
-    from tests.ray_head import local_ray_head, ray_cli
+    from tests.ray_head import ray_cli
     from tests.test_pipeline_e2e import TINY
 except ImportError:  # tests/ is not importable as a package (pytest's rootdir not on sys.path)
-    from ray_head import local_ray_head, ray_cli
+    from ray_head import ray_cli
     from test_pipeline_e2e import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +32,6 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="local_ray_head cleans up through /proc"
 )
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    with local_ray_head(tmp_path_factory.mktemp("ray_head")) as head:
-        yield head
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from transformers import AutoModelForMaskedLM
 
 from components.config import load_config
 from components.checkpoint import load_module
-from components.models.loading import load_masked_lm, load_tokenizer, masked_lm_from_state
+from components.models.loading import load_masked_lm, load_tokenizer
 from components.models.masked_lm import MaskedLM
 from components.pretrain.loop import LocalSession, StageSpec, Tokens, batch_rows, run_stage, steps_for
 from components.pretrain.plugin import StageInfo

@@ -13,21 +13,15 @@ from pathlib import Path
 import pytest
 
 try:
-    from tests.ray_head import local_ray_head, ray_cli
+    from tests.ray_head import ray_cli
 except ImportError:  # tests/ is not importable as a package (pytest's rootdir not on sys.path)
-    from ray_head import local_ray_head, ray_cli
+    from ray_head import ray_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="local_ray_head cleans up through /proc"
 )
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    with local_ray_head(tmp_path_factory.mktemp("ray_head")) as head:
-        yield head
 
 
 def _ray(args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ from components.data.domains import Domain, corpus_file, iter_documents, read_co
 from components.data.packing import pack_blocks
 from components.data.tokenization import encode_plain
 from components.errors import InputError
-from components.io import atomic_write_bytes, atomic_write_json
+from components.io import atomic_write_bytes, atomic_write_json, sha256_file
 
 CACHE_FORMAT = 1
 _file_fingerprints: dict[tuple[str, int, int], str] = {}
@@ -47,11 +47,7 @@ def fingerprint_file(path: Path | str) -> str:
     stat = path.stat()
     memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
     if memo_key not in _file_fingerprints:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        _file_fingerprints[memo_key] = digest.hexdigest()
+        _file_fingerprints[memo_key] = sha256_file(path)
     return _file_fingerprints[memo_key]
 
 

@@ -67,6 +67,7 @@ def run_cell(cfg: Config, spec: CellSpec, weights: dict, base_weights: dict | No
     encoded = {s: encode_task(t, tokenizer, f.max_length, template) for s, t in splits.items()}
     limits = {"train": f.max_train_examples, "dev": f.max_eval_examples, "test": f.max_eval_examples}
     data = {s: _take(e, subsample(len(e["labels"]), limits[s], cfg.seed)) for s, e in encoded.items()}
+    torch.manual_seed(spec.seed)  # head initialisation: a function of the cell's seed, not the process's history
     model, plugins, notes = build_task_model(cfg, weights, info, tokenizer, base_weights, plugin_state)
     device = torch.device("cuda" if f.gpus_per_cell > 0 and torch.cuda.is_available() else "cpu")
     result = finetune(model, plugins, data["train"], data["dev"], data["test"], f, spec.seed, device,

@@ -18,7 +18,6 @@ an untrained model of the right shape; the weights are then loaded strictly from
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,20 +31,12 @@ from safetensors.torch import load_model, save_model
 
 from components.errors import InputError
 from components.finetune.task_model import TaskModel
-from components.io import atomic_write_json
+from components.io import atomic_write_json, sha256_file
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"
 META = "expert.json"
 REQUIRED_META = ("task", "num_labels", "is_regression", "pooling")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_meta(meta: Any, where: str) -> dict:
@@ -88,7 +79,7 @@ def save_expert(dir: Path | str, task_model: TaskModel, meta: dict) -> Path:
         meta.setdefault("label_names", None)
         meta.setdefault("model", None)
         meta["format"] = FORMAT
-        meta["fingerprint"] = _sha256_file(tmp / WEIGHTS)
+        meta["fingerprint"] = sha256_file(tmp / WEIGHTS)
         atomic_write_json(tmp / META, meta)
         old = None
         if dir.exists():
@@ -125,7 +116,7 @@ def expert_fingerprint(dir: Path | str) -> str:
     path = Path(dir) / WEIGHTS
     if not path.is_file():
         raise InputError(f"expert weights not found: {path}")
-    return _sha256_file(path)
+    return sha256_file(path)
 
 
 def load_expert(
@@ -141,7 +132,7 @@ def load_expert(
     meta = read_expert_meta(dir)
     weights = dir / WEIGHTS
     if verify:
-        actual = _sha256_file(weights)
+        actual = sha256_file(weights)
         if meta.get("fingerprint") != actual:
             raise InputError(
                 f"{weights}: sha256 {actual[:12]}... does not match the fingerprint in {dir / META} "

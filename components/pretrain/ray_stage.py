@@ -17,7 +17,6 @@ from pathlib import Path
 
 import ray
 import ray.train
-import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
