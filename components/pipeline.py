@@ -216,8 +216,8 @@ class Pipeline:
             shutil.copy(path, tmp / "model.safetensors")
             (tmp / "meta.json").write_text(json.dumps({"finished": True, "base": info}))
             publish_dir(tmp, final)
-            atomic_write_json(self.run.root / "base.json", info)
-        info = read_json(self.run.root / "base.json")
+            atomic_write_json(self.run.base_info, info)
+        info = read_json(self.run.base_info)
         print("stage 0: base model " + (
             f"with its MLM head warmed up for {info.get('steps')} steps on general text "
             f"(loss {info.get('loss_first', 0):.2f} -> {info.get('loss_last', 0):.2f})"
@@ -432,7 +432,7 @@ def write_report(cfg: Config, run: RunDir) -> dict:
     cells = [read_json(p) for p in sorted((run.root / "cells").glob("*.json"))]
     if not cells:
         raise InputError(f"{run.root}: no cell results to report (cells/ is empty)")
-    base = read_json(run.root / "base.json") if (run.root / "base.json").is_file() else {}
+    base = read_json(run.base_info) if run.base_info.is_file() else {}
     summary = {
         "config": cfg.name, "method": cfg.methods.name, "model": cfg.model.name, "domains": " -> ".join(names),
         "seeds": cfg.finetune.seeds, "pretrain": f"{cfg.pretrain.max_steps} steps x {cfg.pretrain.batch_size} "

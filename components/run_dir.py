@@ -43,6 +43,10 @@ class RunDir:
     def stage(self, index: int, name: str) -> Path:
         return self.stages_root / "stages" / f"{index:02d}-{name}"
 
+    @property
+    def base_info(self) -> Path:
+        return self.stages_root / "base.json"
+
     def cell(self, stage: int, task: str, seed: int) -> Path:
         return self.root / "cells" / f"s{stage:02d}-{task}-seed{seed}.json"
 

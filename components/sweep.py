@@ -185,7 +185,8 @@ def write_outputs(sweep_dir: Path, base: dict, results, metric_mode: str) -> dic
                         if k in (OBJECTIVE, "stage", "row_mean", "A_all", "A_seen", "A_unseen", "A_final",
                                  "learning_accuracy", "BWT", "FWT", "forgetting")},
         })
-    done = [t for t in trials if t["status"] == "finished"]
+    trials.sort(key=lambda t: str(t["trial_id"]))
+    done = [t for t in trials if t["status"] == "finished"]  # ties go to the first trial id
     if not done:
         raise RuntimeError(f"{sweep_dir}: no trial finished; see the trial errors in sweep.json")
     pick = max if metric_mode == "max" else min
