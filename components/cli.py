@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -75,10 +76,18 @@ def print_config(cfg: Config) -> None:
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run `main`; a user error becomes one line on stderr and exit code 2 (no traceback)."""
+    """Run `main`; a user error (or a full disk) becomes one line on stderr and exit code 2.
+
+    Results already written stay intact: every file is written to a temp file and renamed."""
     try:
         code = main()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on the device writing {e.filename or 'a file'} "
+              "(finished results are intact; free space and run the same command again)", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)

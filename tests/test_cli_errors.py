@@ -130,3 +130,16 @@ def test_real_process_prints_one_line_and_exits_2(tmp_path):
                            "--dry-run"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: pretrain.max_steps: -1 is out of range (must be >= 1)"
+
+
+def test_full_disk_is_one_line_and_exit_2(capsys):
+    import errno
+
+    def fills_the_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/cells/s01-acl-seed0.json")
+
+    with pytest.raises(SystemExit) as e:
+        run_main(fills_the_disk)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: no space left on the device writing /runs/x/cells/")
+    assert "Traceback" not in err
