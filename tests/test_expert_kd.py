@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -348,14 +347,14 @@ class _Step(nn.Module):
         return self.mlm.mlm_loss(hidden, batch["labels"]) + terms["kd"], terms["kd"].detach()
 
 
-def _ddp_worker(rank: int, world: int, port: int, files: dict, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, files: dict, out_dir: str) -> None:
     import datetime
 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     try:
         results = {}
@@ -390,12 +389,6 @@ def _ddp_worker(rank: int, world: int, port: int, files: dict, out_dir: str) -> 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_moegp_ddp_two_ranks():
     """MoEGP with two experts under real DDP (gloo, 2 CPU processes): both heads get
     gradients and end bit-identical on both ranks, for uniform and sampled weighting."""
@@ -403,7 +396,7 @@ def test_moegp_ddp_two_ranks():
         tmp_path = Path(tmp)
         files = {logits_file_key("a"): _logits_file(tmp_path / "a.npy", 16, 3, 0),
                  logits_file_key("b"): _logits_file(tmp_path / "b.npy", 16, 1, 1)}
-        ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), files, tmp), nprocs=2, join=False,
+        ctx = mp.start_processes(_ddp_worker, args=(2, files, tmp), nprocs=2, join=False,
                                  start_method="spawn")
         deadline = time.monotonic() + 120
         while not ctx.join(timeout=5):
