@@ -354,6 +354,7 @@ def _ddp_worker(rank: int, world: int, files: dict, out_dir: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both ranks are on this machine: loopback only
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     try:
