@@ -349,10 +349,13 @@ class _Step(nn.Module):
 
 def _ddp_worker(rank: int, world: int, files: dict, out_dir: str) -> None:
     import datetime
+    import faulthandler
+    import sys
 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    faulthandler.dump_traceback_later(90, exit=True, file=sys.stderr)  # a hang shows where, then fails
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both ranks are on this machine: loopback only
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world,
@@ -397,8 +400,9 @@ def test_moegp_ddp_two_ranks():
         tmp_path = Path(tmp)
         files = {logits_file_key("a"): _logits_file(tmp_path / "a.npy", 16, 3, 0),
                  logits_file_key("b"): _logits_file(tmp_path / "b.npy", 16, 1, 1)}
+        # fork, as the H-Prompt DDP test: the children inherit the imports (no re-import of transformers)
         ctx = mp.start_processes(_ddp_worker, args=(2, files, tmp), nprocs=2, join=False,
-                                 start_method="spawn")
+                                 start_method="fork")
         deadline = time.monotonic() + 120
         while not ctx.join(timeout=5):
             if time.monotonic() > deadline:
