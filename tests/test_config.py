@@ -85,7 +85,7 @@ def test_relative_paths_resolve_against_the_submitting_directory(tmp_path):
 def test_every_shipped_config_and_preset_loads():
     configs = sorted((REPO_ROOT / "pipelines/configs").glob("*.yaml"))
     presets = sorted((REPO_ROOT / "pipelines/configs/methods").glob("*.yaml"))
-    assert {p.stem for p in presets} >= {"ncl", "hprompt", "uegp", "moegp", "coca", "repcali", "full"}
+    assert {p.stem for p in presets} >= {"ncl", "hprompt", "uegp", "moegp", "coca", "repcali", "calibration", "full"}
     for c in configs:
         base = [REPO_ROOT / "pipelines/configs/anytime6.yaml"] if c.stem == "order2" else []
         for p in [None, *presets]:
@@ -94,6 +94,8 @@ def test_every_shipped_config_and_preset_loads():
     full = load_config([DEFAULT, REPO_ROOT / "pipelines/configs/methods/full.yaml"])
     assert full.methods.hprompt.enabled and full.methods.distill.mode == "moegp"
     assert full.finetune.coca.enabled and full.finetune.repcali.enabled
+    both = load_config([DEFAULT, REPO_ROOT / "pipelines/configs/methods/calibration.yaml"])
+    assert both.finetune.coca.enabled and both.finetune.repcali.enabled and both.methods.distill.mode == "none"
 
 
 def test_leaf_keys_cover_nested_fields():
