@@ -36,7 +36,8 @@ class DomainConfig:
 
     Either `path` (a directory in the shipped layout: corpus.txt or corpus.parquet,
     train/dev/test.jsonl, labels.json) or explicit files, or `hf_dataset` (a hub dataset id
-    whose `text_column` is the corpus; needs hub access).
+    whose `text_column` is the corpus; needs hub access). `corpus` may be a URI (s3://, gs://,
+    hdfs://, file://) of a .parquet or .txt file, fetched once to `data.cache_dir`.
     """
 
     name: str = ""

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from components.checkpoint import load_tree, publish_dir, staging_dir
 from components.config import Config, to_dict
 from components.data.corpus_cache import CorpusBlocks, fingerprint_file, load_corpus_blocks, tokenizer_fingerprint
-from components.data.domains import Domain, DomainSummary, resolve_domain, validate_domain
+from components.data.domains import Domain, DomainSummary, localize_corpus, resolve_domain, validate_domain
 from components.data.masking import MlmMasker
 from components.errors import InputError
 from components.faults import cell_fault, stage_fault
@@ -72,7 +72,7 @@ class Plan:
         lines = [f"plan: {len(names)} domains in order {', '.join(names)}; method '{cfg.methods.name}'",
                  f"  stage 0: base model {cfg.model.name} (MLM-head warm-up: {cfg.model.head_warmup.mode})"]
         for i, s in enumerate(self.summaries, 1):
-            lines.append(f"  stage {i}: pre-train on {s.name} ({s.n_docs:,} docs) for {self.steps} steps "
+            lines.append(f"  stage {i}: pre-train on {s.name} ({s.n_docs:,} docs of {s.corpus_source}) for {self.steps} steps "
                          f"x {p.batch_size * p.grad_accum} blocks/worker of {cfg.model.block_size} tokens")
         lines.append(f"  anytime cells: {len(self.cells)} = {len(names) + 1} rows x {len(names)} tasks x "
                      f"{len(f.seeds)} seeds; each {f.cpus_per_cell} CPU, {f.gpus_per_cell} GPU")
@@ -87,7 +87,7 @@ class Plan:
 
 def prepare(cfg: Config) -> Plan:
     """Validate everything that can be checked without training; raise InputError on the first problem."""
-    domains = [resolve_domain(d) for d in cfg.domains]
+    domains = [localize_corpus(resolve_domain(d), cfg.data.cache_dir) for d in cfg.domains]
     summaries = [validate_domain(d) for d in domains]
     tokenizer = load_tokenizer(cfg.model.name)
     from transformers import AutoConfig

@@ -55,6 +55,20 @@ def test_valid_config_dry_run_prints_the_plan(tmp_path, capsys, domain):
     assert "dry run" in out
 
 
+def test_dry_run_with_a_corpus_uri(tmp_path, capsys, domain):
+    """A corpus given as a URI is fetched into data.cache_dir and validated like a local one;
+    a URI that does not exist is one line naming it."""
+    uri = (domain / "corpus.parquet").as_uri()
+    cfg = tmp_path / "uri.yaml"
+    cfg.write_text(f"domains:\n  - {{name: laptop, path: {domain}, corpus: '{uri}'}}\n"
+                   f"data: {{cache_dir: {tmp_path / 'cache'}}}\n")
+    code, out, err = run_cli(["--config", str(cfg), "--dry-run"], capsys)
+    assert code == 0, err
+    assert uri in out and len(list((tmp_path / "cache/remote").glob("*.parquet"))) == 1
+    (domain / "corpus.parquet").unlink()
+    expect_error(tmp_path, capsys, cfg, f"{uri}: corpus of domain 'laptop' not found")
+
+
 def test_unknown_key(tmp_path, capsys, domain):
     expect_error(tmp_path, capsys, config_for(tmp_path, domain, "pretrain: {max_stepz: 3}\n"),
                  "unknown config key 'pretrain.max_stepz'; did you mean 'pretrain.max_steps'?")

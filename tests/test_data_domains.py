@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.config import REPO_ROOT, DomainConfig
-from components.data.domains import SPLITS, Domain, read_corpus, read_task, resolve_domain, validate_domain
+from components.data.domains import (SPLITS, Domain, localize_corpus, read_corpus, read_task, resolve_domain,
+                                     validate_domain)
 from components.errors import InputError
 
 LABELS = ["positive", "negative"]
@@ -278,3 +279,41 @@ def test_shipped_task_with_a_txt_corpus(tmp_path: Path) -> None:
     summary = validate_domain(resolve_domain(cfg))
     assert summary.n_docs == 200 and summary.examples["train"] == SHIPPED["laptop"][0]
     assert summary.label_names == ["negative", "neutral", "positive"]
+
+
+# ----------------------------------------------------------------------------- corpus given as a URI
+
+
+def test_corpus_uri_is_fetched_once_and_refetched_when_the_source_changes(tmp_path: Path) -> None:
+    """A file:// URI takes the same pyarrow.fs path as s3:// or gs:// (no network here)."""
+    root = make_layout(tmp_path / "d")
+    remote = tmp_path / "bucket" / "corpus.parquet"
+    remote.parent.mkdir()
+    write_parquet(remote, ["remote doc one", "remote doc two"])
+    uri = remote.as_uri()
+    dom = domain(root, corpus=uri)
+    assert dom.corpus is None and dom.corpus_uri == uri and dom.corpus_source == uri
+    with pytest.raises(InputError, match="not fetched"):
+        validate_domain(dom)                      # nothing reads a remote corpus before it is fetched
+    cache = tmp_path / "cache"
+    local = localize_corpus(dom, cache)
+    assert local.corpus.parent == cache / "remote" and local.corpus.suffix == ".parquet"
+    assert validate_domain(local).n_docs == 2 and validate_domain(local).corpus_source == uri
+    assert read_corpus(local) == ["remote doc one", "remote doc two"]
+    first = local.corpus.stat().st_mtime_ns
+    assert localize_corpus(dom, cache).corpus.stat().st_mtime_ns == first   # stamp matches: no download
+    write_parquet(remote, ["changed doc"])
+    assert read_corpus(localize_corpus(dom, cache)) == ["changed doc"]       # source changed: fetched again
+    assert sorted(p.name for p in (cache / "remote").iterdir() if p.name.startswith(".fetch-")) == []
+
+
+@pytest.mark.parametrize("uri, fragment", [
+    ("file:///no/such/bucket/corpus.parquet", "not found"),
+    ("nosuchscheme://bucket/corpus.parquet", "cannot be read"),
+    ("file:///tmp/corpus.csv", "must end in .parquet or .txt"),
+])
+def test_bad_corpus_uri(tmp_path: Path, uri: str, fragment: str) -> None:
+    dom = domain(make_layout(tmp_path / "d"), corpus=uri)
+    with pytest.raises(InputError) as info:
+        localize_corpus(dom, tmp_path / "cache")
+    assert fragment in str(info.value) and uri in str(info.value) and "toy" in str(info.value)

@@ -9,7 +9,9 @@ Shipped layout (`DomainConfig.path`)::
     <dir>/labels.json                   ["neg", "pos", ...] or {"type": "regression"}
 
 Explicit `corpus` / `train` / `dev` / `test` / `labels` fields override the directory's
-files; `hf_dataset` replaces the corpus by a Hugging Face dataset's `text_column`.
+files; `hf_dataset` replaces the corpus by a Hugging Face dataset's `text_column`. `corpus`
+may be a URI (s3://, gs://, hdfs://, file://): `localize_corpus` fetches it once to the data
+cache (components/data/remote.py) before anything reads it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.config import DomainConfig
+from components.data.remote import fetch, is_uri
 from components.errors import InputError
 
 SPLITS = ("train", "dev", "test")
@@ -46,13 +49,14 @@ class Domain:
     test: Path | None
     labels: Path | None
     verbalizers: dict[str, str] | None = field(default=None, hash=False)
+    corpus_uri: str | None = None   # a remote corpus; `corpus` is its local copy once fetched
 
     @property
     def corpus_source(self) -> str:
-        """The corpus as one string: a file path or `hf:<dataset>[<split>]`."""
+        """The corpus as one string: a file path, a URI or `hf:<dataset>[<split>]`."""
         if self.hf_dataset:
             return f"hf:{self.hf_dataset}[{self.hf_split}]"
-        return str(self.corpus)
+        return self.corpus_uri or str(self.corpus)
 
 
 @dataclass(frozen=True)
@@ -99,9 +103,9 @@ def resolve_domain(cfg: DomainConfig) -> Domain:
         return directory / filename if directory else None
 
     corpus = None
-    if cfg.corpus:
+    if cfg.corpus and not is_uri(cfg.corpus):
         corpus = Path(cfg.corpus)
-    elif directory and not cfg.hf_dataset:
+    elif directory and not cfg.hf_dataset and not cfg.corpus:
         found = [directory / f for f in CORPUS_FILES if (directory / f).is_file()]
         corpus = found[0] if found else directory / CORPUS_FILES[-1]
     return Domain(
@@ -116,7 +120,15 @@ def resolve_domain(cfg: DomainConfig) -> Domain:
         test=pick(cfg.test, "test.jsonl"),
         labels=pick(cfg.labels, "labels.json"),
         verbalizers=dict(cfg.verbalizers) if cfg.verbalizers else None,
+        corpus_uri=cfg.corpus if is_uri(cfg.corpus) else None,
     )
+
+
+def localize_corpus(domain: Domain, cache_dir: Path | str) -> Domain:
+    """The domain with a remote corpus replaced by its local copy (fetched once); else itself."""
+    if domain.corpus_uri is None:
+        return domain
+    return replace(domain, corpus=fetch(domain.corpus_uri, cache_dir, f"corpus of domain '{domain.name}'"))
 
 
 def validate_domain(domain: Domain) -> DomainSummary:
@@ -176,6 +188,8 @@ def iter_documents(domain: Domain) -> Iterator[str]:
 def corpus_file(domain: Domain) -> Path:
     """The domain's corpus file; InputError when there is none or it is missing."""
     if domain.corpus is None:
+        if domain.corpus_uri:
+            raise InputError(f"{domain.corpus_uri}: remote corpus of domain '{domain.name}' was not fetched (localize_corpus)")
         raise InputError(f"domain '{domain.name}': no corpus; set `path`, `corpus` or `hf_dataset`")
     if not domain.corpus.is_file():
         raise InputError(f"{domain.corpus}: corpus file of domain '{domain.name}' not found")
