@@ -214,12 +214,13 @@ class RayConfig:
 
 @dataclass
 class SweepConfig:
+    """Ray Tune sweeps. A trial's resources are its own pipeline's (pretrain workers x CPUs/GPUs,
+    finetune.cpus/gpus_per_cell): the trial itself holds only a token bundle."""
+
     metric: str = "A_all"
     score: Literal["accuracy", "macro_f1"] = "accuracy"
     mode: Literal["max", "min"] = "max"
     max_concurrent_trials: int = field(default=1, metadata=_range(1))
-    cpus_per_trial: float = field(default=2.0, metadata=_range(0, lo_open=True))
-    gpus_per_trial: float = field(default=0.0, metadata=_range(0))
     grace_period: int = field(default=1, metadata=_range(1))
     reduction_factor: int = field(default=2, metadata=_range(2))
 

@@ -110,7 +110,9 @@ def tune_space(space: dict[str, tuple[str, list]]) -> dict:
     return {key: make[kind](args) for key, (kind, args) in space.items()}
 
 
-def searcher(name: str, space: dict, metric: str, mode: str):
+def searcher(name: str, space: dict, metric: str, mode: str, seed: int = 0):
+    """Tune's search algorithm for `--search` (None = random sampling); model-based searchers
+    are seeded with the config's seed, so a sweep's sequence of suggestions is reproducible."""
     if name == "random":
         return None  # Tune's default (random sampling + grid expansion)
     if any(kind == "grid" for kind, _ in space.values()):
@@ -119,10 +121,10 @@ def searcher(name: str, space: dict, metric: str, mode: str):
         if name == "optuna":
             from ray.tune.search.optuna import OptunaSearch
 
-            return OptunaSearch(metric=metric, mode=mode)
+            return OptunaSearch(metric=metric, mode=mode, seed=seed)
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        return HyperOptSearch(metric=metric, mode=mode)
+        return HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed)
     except (ImportError, AssertionError):
         raise InputError(f"--search {name}: the '{name}' package is not installed (pip install {name})") from None
 

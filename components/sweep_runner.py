@@ -20,7 +20,7 @@ def run_sweep(cfg: Config, space_file: Path, sweep_dir: Path, num_samples: int, 
     from components.pipeline import Pipeline, init_ray, prepare
 
     space = load_space(space_file, cfg)          # fails fast: before Ray or any trial starts
-    algo = searcher(search, space, OBJECTIVE, cfg.sweep.mode)
+    algo = searcher(search, space, OBJECTIVE, cfg.sweep.mode, cfg.seed)
     plan = prepare(cfg)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     init_ray(cfg)
