@@ -208,8 +208,12 @@ class TrackingConfig:
 
 @dataclass
 class RayConfig:
+    """`storage_path`: Ray Train checkpoints (absolute path or URI); `results_uri`: a URI that
+    receives a copy of the run directory after every stage and row (components/results_mirror.py)."""
+
     address: str | None = None
     storage_path: str | None = None
+    results_uri: str | None = None
 
 
 @dataclass
@@ -384,6 +388,9 @@ def validate(cfg: Config) -> Config:
         seen.add(d.name)
         if not (d.path or d.hf_dataset or (d.corpus and d.train and d.dev and d.test)):
             raise InputError(f"{where} ('{d.name}'): give `path`, `hf_dataset`, or corpus/train/dev/test files")
+    if cfg.ray.results_uri and "://" not in cfg.ray.results_uri:
+        raise InputError(f"ray.results_uri: '{cfg.ray.results_uri}' is not a URI; give s3://bucket/prefix, "
+                         "gs://..., or file:///abs/path (the run directory itself is --run-dir)")
     if not cfg.finetune.seeds:
         raise InputError("finetune.seeds: at least one seed is required")
     if len(set(cfg.finetune.seeds)) != len(cfg.finetune.seeds):

@@ -25,6 +25,7 @@ import ray
 from safetensors.torch import load_file
 
 from components.checkpoint import load_tree, publish_dir, staging_dir
+from components.results_mirror import ResultsMirror, open_destination
 from components.config import Config, to_dict
 from components.data.corpus_cache import CorpusBlocks, fingerprint_file, load_corpus_blocks, tokenizer_fingerprint
 from components.data.domains import Domain, DomainSummary, localize_corpus, resolve_domain, validate_domain
@@ -108,6 +109,8 @@ def prepare(cfg: Config) -> Plan:
             verbalizer_ids(s.label_names, tokenizer, d.verbalizers, where=f"domains[{i}].verbalizers")
     for task, path in cfg.methods.distill.experts.items():
         read_expert_meta(path)
+    if cfg.ray.results_uri:
+        open_destination(cfg.ray.results_uri)
     names = [d.name for d in domains]
     cells = [(i, t, s) for i in range(len(names) + 1) for t in names for s in cfg.finetune.seeds]
     return Plan(domains, summaries, tokenizer, steps_for(cfg, cfg.pretrain.num_workers), cells)
@@ -181,6 +184,7 @@ class Pipeline:
         self.blocks: dict[str, CorpusBlocks] = {}
         self.pending: dict = {}          # ObjectRef -> (stage, task, seed)
         self.stage_refs: dict[int, tuple] = {}
+        self.mirror: ResultsMirror | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -206,6 +210,13 @@ class Pipeline:
         write_config_and_manifest(run, cfg, manifest)
         self.tracker = Tracker(cfg.tracking, run.root, f"{cfg.name}-{run.root.name}",
                                {"config": to_dict(cfg), "manifest": manifest})
+        if cfg.ray.results_uri:
+            self.mirror = ResultsMirror(run.root, cfg.ray.results_uri)
+
+    def sync_results(self) -> None:
+        """Copy new or changed run files to `ray.results_uri` (when set)."""
+        if self.mirror and (n := self.mirror.sync()):
+            print(f"results: {n} file(s) copied to {self.mirror.uri}", flush=True)
 
     def base_stage(self) -> None:
         final = self.run.stage(0, "base")
@@ -380,6 +391,7 @@ class Pipeline:
         if self.tracker:
             self.tracker.log_matrix(anytime, self.run.root / "anytime_heatmap.png")
             self.tracker.finish()
+        self.sync_results()
         return anytime
 
     def execute(self) -> dict | None:
@@ -390,6 +402,7 @@ class Pipeline:
                 raise InputError("pretrain_only: distillation needs the row-0 experts (fine-tuning)")
             for index in range(1, len(self.names) + 1):
                 self.pretrain_stage(index)
+                self.sync_results()
             if self.tracker:
                 self.tracker.finish()
             return None
@@ -405,6 +418,7 @@ class Pipeline:
             if not self.cfg.eval.asynchronous:
                 self.collect(index)
                 self.log_partial(index)
+            self.sync_results()
         self.collect()
         return self.finish()
 

@@ -38,12 +38,16 @@ def run_pipeline(run_dir: Path, cache: Path, extra: list[str] = ()) -> dict:
     return Pipeline(cfg, run_dir, prepare(cfg)).execute()
 
 
+def mirror_of(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + "-mirror")
+
+
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory, shared_cache, ray_session) -> Path:
     run_dir = tmp_path_factory.mktemp("clean")
     os.environ["WANDB_MODE"] = "offline"
     try:
-        run_pipeline(run_dir, shared_cache, ["tracking.wandb=auto"])
+        run_pipeline(run_dir, shared_cache, ["tracking.wandb=auto", f"ray.results_uri={mirror_of(run_dir).as_uri()}"])
     finally:
         os.environ["WANDB_MODE"] = "disabled"
     return run_dir
@@ -74,6 +78,17 @@ def test_every_output_is_written(clean_run):
     assert [s["step"] for s in steps] == [2, 4, 6] and all(s["tokens_per_s"] > 0 for s in steps)
     report = (clean_run / "report.md").read_text()
     assert "held-out mlm_loss" in report and "anchor_r2@10" in report
+
+
+def test_results_uri_holds_a_copy_of_the_run(clean_run):
+    """ray.results_uri (file:// here; s3:// / gs:// take the same pyarrow.fs path) receives every
+    result file, byte-identical, but not Ray's own checkpoint storage or temp files."""
+    mirror = mirror_of(clean_run)
+    for rel in ("anytime.json", "report.md", "config.yaml", "manifest.json", "cells/s02-acl-seed0.json",
+                "stages/02-acl/model.safetensors", "metrics/stages.jsonl"):
+        assert (mirror / rel).read_bytes() == (clean_run / rel).read_bytes(), rel
+    copied = {p.relative_to(mirror).as_posix() for p in mirror.rglob("*") if p.is_file()}
+    assert not any(r.startswith("ray_storage/") or "/." in f"/{r}" for r in copied)
 
 
 def test_heldout_mlm_loss_falls_on_each_domain_after_its_own_stage(clean_run):

@@ -1,0 +1,68 @@
+"""A copy of the run directory on object storage (`ray.results_uri`: s3://, gs://, hdfs://, file://).
+
+The run directory stays the source of truth (atomic local writes, resume); after every stage,
+every anytime row and at the end the pipeline calls `sync()`, which uploads through `pyarrow.fs`
+each file that is new or changed since its last upload (size and mtime, remembered in
+`<run-dir>/.mirror.json`, so a resumed run does not upload finished stages again). Hidden
+files (temp files of atomic writes, the state file) and Ray's own checkpoint storage are left
+out; `ray.storage_path` puts Ray Train checkpoints on object storage directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from components.errors import InputError
+from components.io import atomic_write_json, read_json
+
+STATE = ".mirror.json"
+SKIP_DIRS = {"ray_storage"}
+
+
+def open_destination(uri: str):
+    """(filesystem, base path) of `uri`, created if needed; InputError when it cannot be used."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, base = pafs.FileSystem.from_uri(uri)
+        fs.create_dir(base, recursive=True)
+    except Exception as exc:  # ArrowInvalid (bad URI) / OSError (access) with the backend's message
+        raise InputError(f"ray.results_uri: {uri} cannot be written: {str(exc).splitlines()[0]}") from None
+    return fs, base.rstrip("/")
+
+
+class ResultsMirror:
+    def __init__(self, root: Path, uri: str):
+        self.root = root
+        self.uri = uri
+        self.fs, self.base = open_destination(uri)
+        state = root / STATE
+        self.sent: dict[str, list[int]] = read_json(state) if state.is_file() else {}
+
+    def _files(self):
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+            for name in sorted(files):
+                if not name.startswith("."):
+                    path = Path(folder) / name
+                    yield path.relative_to(self.root).as_posix(), path
+
+    def sync(self) -> int:
+        """Upload new or changed files; return how many were uploaded."""
+        uploaded = 0
+        for rel, path in self._files():
+            stat = path.stat()
+            stamp = [stat.st_size, stat.st_mtime_ns]
+            if self.sent.get(rel) == stamp:
+                continue
+            dest = f"{self.base}/{rel}"
+            self.fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+            with path.open("rb") as src, self.fs.open_output_stream(dest) as out:
+                while chunk := src.read(1 << 22):
+                    out.write(chunk)
+            self.sent[rel] = stamp
+            uploaded += 1
+        if uploaded:
+            atomic_write_json(self.root / STATE, self.sent)
+        return uploaded
