@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout this script belongs to
 
-from components.cli import add_config_args, run_main  # noqa: E402
+from components.cli import add_config_args, print_config, run_main  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.eval.cells import CellSpec, run_cell  # noqa: E402
 from components.models.loading import load_masked_lm  # noqa: E402
@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print_config(cfg)
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     hf, _ = load_masked_lm(cfg.model.name)
     weights = {k: v.clone() for k, v in hf.state_dict().items()}
