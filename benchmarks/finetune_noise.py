@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout thi
 
 from components.cli import add_config_args, print_config, run_main  # noqa: E402
 from components.config import load_config  # noqa: E402
+from components.errors import InputError  # noqa: E402
 from components.eval.cells import CellSpec, run_cell  # noqa: E402
 from components.models.loading import load_masked_lm  # noqa: E402
 
@@ -38,7 +39,10 @@ def main() -> None:
     if args.print_config:
         print_config(cfg)
         return
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise InputError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
     hf, _ = load_masked_lm(cfg.model.name)
     weights = {k: v.clone() for k, v in hf.state_dict().items()}
     sds = []
