@@ -3,9 +3,9 @@ config with several cell seeds (same example subsets, same budget as the anytime
 
 A method's anytime matrix differs from ncl's by the method *and* by fine-tuning noise; this
 measures the second part alone. The model is the configured one as loaded, without the MLM-head
-warm-up (which trains the head only, so plain [CLS] fine-tuning sees the same encoder). Prints per task the accuracy of each seed, its mean and sample
-standard deviation s, and the implied standard deviation of A_all for a single-seed run,
-s_A = sqrt(mean_j s_j^2 / n_tasks) (the rows i >= 1 share each task's noise, so we count one
+warm-up (which trains the head only, so plain [CLS] fine-tuning sees the same encoder). Prints
+per task the accuracy of each seed, its mean and sample standard deviation s, and the implied
+standard deviation of A_all for a single-seed run, s_A = sqrt(mean_j s_j^2 / n_tasks) (the rows i >= 1 share each task's noise, so we count one
 independent draw per task: the conservative choice), and of a difference of two runs, sqrt(2) s_A.
 
     python benchmarks/finetune_noise.py --config pipelines/configs/default.yaml \\

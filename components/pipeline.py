@@ -25,7 +25,6 @@ import ray
 from safetensors.torch import load_file
 
 from components.checkpoint import load_tree, publish_dir, staging_dir
-from components.results_mirror import ResultsMirror, open_destination
 from components.config import Config, to_dict
 from components.data.corpus_cache import CorpusBlocks, fingerprint_file, load_corpus_blocks, tokenizer_fingerprint
 from components.data.domains import Domain, DomainSummary, localize_corpus, resolve_domain, validate_domain
@@ -49,6 +48,7 @@ from components.pretrain.hprompt import check_prompt_fits
 from components.pretrain.loop import StageSpec, Tokens, steps_for
 from components.pretrain.plugin import StageInfo
 from components.pretrain.ray_stage import train_stage
+from components.results_mirror import ResultsMirror, open_destination
 from components.run_dir import RunDir, check_same_run, git_sha, hardware, versions, write_config_and_manifest
 from components.tracking.wandb_tracker import Tracker
 
@@ -214,8 +214,17 @@ class Pipeline:
             self.mirror = ResultsMirror(run.root, cfg.ray.results_uri)
 
     def sync_results(self) -> None:
-        """Copy new or changed run files to `ray.results_uri` (when set)."""
-        if self.mirror and (n := self.mirror.sync()):
+        """Copy new or changed run files to `ray.results_uri` (when set). A failed copy does not
+        stop the run (the run directory holds every result); the next sync retries it."""
+        if self.mirror is None:
+            return
+        try:
+            n = self.mirror.sync()
+        except OSError as exc:
+            print(f"warning: results copy to {self.mirror.uri} failed, retried at the next sync: "
+                  f"{str(exc).splitlines()[0]}", flush=True)
+            return
+        if n:
             print(f"results: {n} file(s) copied to {self.mirror.uri}", flush=True)
 
     def base_stage(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from components.data.remote import copy_stream, filesystem
 from components.errors import InputError
 from components.io import atomic_write_json, read_json
 
@@ -22,13 +23,12 @@ SKIP_DIRS = {"ray_storage"}
 
 def open_destination(uri: str):
     """(filesystem, base path) of `uri`, created if needed; InputError when it cannot be used."""
-    import pyarrow.fs as pafs
-
+    problem = f"ray.results_uri: {uri} cannot be written"
+    fs, base = filesystem(uri, problem)
     try:
-        fs, base = pafs.FileSystem.from_uri(uri)
         fs.create_dir(base, recursive=True)
-    except Exception as exc:  # ArrowInvalid (bad URI) / OSError (access) with the backend's message
-        raise InputError(f"ray.results_uri: {uri} cannot be written: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise InputError(f"{problem}: {str(exc).splitlines()[0]}") from None
     return fs, base.rstrip("/")
 
 
@@ -59,8 +59,7 @@ class ResultsMirror:
             dest = f"{self.base}/{rel}"
             self.fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
             with path.open("rb") as src, self.fs.open_output_stream(dest) as out:
-                while chunk := src.read(1 << 22):
-                    out.write(chunk)
+                copy_stream(src, out)
             self.sent[rel] = stamp
             uploaded += 1
         if uploaded:

@@ -49,3 +49,23 @@ def test_results_uri_must_be_a_usable_uri(tmp_path: Path) -> None:
         load_config([default], ["ray.results_uri=/abs/path"])
     with pytest.raises(InputError, match="ray.results_uri: nosuch://x cannot be written"):
         ResultsMirror(tmp_path, "nosuch://x")
+
+
+def test_a_failed_copy_warns_and_is_retried(tmp_path: Path, capsys) -> None:
+    """A destination that fails mid-run does not stop the pipeline: a warning, and the files
+    are uploaded at the next sync."""
+    from types import SimpleNamespace
+
+    from components.pipeline import Pipeline
+
+    run, dest = tmp_path / "run", tmp_path / "bucket"
+    make_run(run)
+    holder = SimpleNamespace(mirror=ResultsMirror(run, dest.as_uri()))
+    dest.rmdir()
+    dest.write_text("not a directory")                 # uploads now fail with OSError
+    Pipeline.sync_results(holder)
+    assert "warning: results copy to" in capsys.readouterr().out and not (run / STATE).exists()
+    dest.unlink()
+    Pipeline.sync_results(holder)
+    assert "results: 2 file(s) copied" in capsys.readouterr().out
+    assert tree(dest) == {"cells/s00-a-seed0.json": b'{"accuracy": 0.5}', "anytime.json": b"{}"}

@@ -26,15 +26,32 @@ def is_uri(text: str | None) -> bool:
     return bool(text) and "://" in text
 
 
+def filesystem(uri: str, problem: str):
+    """(pyarrow filesystem, path) of `uri`; InputError "<problem>: <reason>" when it is unusable."""
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # ArrowInvalid (bad URI) / OSError (access) with the backend's message
+        raise InputError(f"{problem}: {str(exc).splitlines()[0]}") from None
+
+
+def copy_stream(src, out) -> None:
+    """Copy a readable stream into a writable one in 4 MiB chunks."""
+    while chunk := src.read(1 << 22):
+        out.write(chunk)
+
+
 def _source(uri: str, what: str):
     """(filesystem, path, FileInfo) of `uri`; InputError when it cannot be reached or is no file."""
     import pyarrow.fs as pafs
 
+    problem = f"{uri}: {what} cannot be read"
+    fs, path = filesystem(uri, problem)
     try:
-        fs, path = pafs.FileSystem.from_uri(uri)
         info = fs.get_file_info(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError with the backend's message
-        raise InputError(f"{uri}: {what} cannot be read: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise InputError(f"{problem}: {str(exc).splitlines()[0]}") from None
     if info.type != pafs.FileType.File:
         raise InputError(f"{uri}: {what} not found")
     return fs, path, info
@@ -58,8 +75,7 @@ def fetch(uri: str, cache_dir: Path | str, what: str = "file") -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fetch-")
     try:
         with os.fdopen(fd, "wb") as out, fs.open_input_stream(path) as src:
-            while chunk := src.read(1 << 22):
-                out.write(chunk)
+            copy_stream(src, out)
         os.replace(tmp, local)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
