@@ -17,6 +17,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("WANDB_SILENT", "true")
 
+RAY_FIXTURES = {"ray_session", "ray_head"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that starts Ray (directly or through a fixture) `e2e`: `-m "not e2e"` is the unit suite."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:

@@ -22,7 +22,7 @@ from components.eval.scores import accuracy, macro_f1
 from components.finetune.plugin import FinetunePlugin
 from components.finetune.task_model import TaskBatch, TaskModel
 from components.pretrain.loop import autocast_for
-from components.pretrain.schedule import make_scheduler
+from components.pretrain.schedule import fused_adamw, make_scheduler
 
 
 @dataclass
@@ -100,9 +100,8 @@ def finetune(
     model.to(device).train()
     backbone = [p for n, p in model.named_parameters() if n.startswith("mlm.") and p.requires_grad]
     new = [p for n, p in model.named_parameters() if not n.startswith("mlm.") and p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": backbone, "lr": cfg.lr}, {"params": new, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay
-    )
+    optimizer = fused_adamw([{"params": backbone, "lr": cfg.lr}, {"params": new, "lr": cfg.head_lr}],
+                            weight_decay=cfg.weight_decay)
     n = len(train["labels"])
     per_epoch = max(1, -(-n // cfg.batch_size))
     total = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)

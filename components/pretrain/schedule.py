@@ -28,10 +28,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: f
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, kind))
 
 
+def fused_adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
+    """AdamW through torch's fused kernel (CPU and CUDA): the same update rule as the default
+    per-tensor loop, about 8x faster per step on CPU for MiniLM (benchmarks/finetune_cost.py)."""
+    return torch.optim.AdamW(groups, fused=True, **kwargs)
+
+
 def make_adamw(params: list[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases and normalisation weights."""
     decay = [p for n, p in params if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in params if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
+    return fused_adamw([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                       lr=lr)
