@@ -30,7 +30,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: f
 
 def fused_adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
     """AdamW through torch's fused kernel (CPU and CUDA): the same update rule as the default
-    per-tensor loop, about 8x faster per step on CPU for MiniLM (benchmarks/finetune_cost.py)."""
+    per-tensor loop in a fraction of its time (benchmarks/finetune_cost.py measures both)."""
     return torch.optim.AdamW(groups, fused=True, **kwargs)
 
 
