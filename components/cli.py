@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from components.config import Config, dump_yaml, from_dict, load_config, merge, parse_override, read_yaml, set_dotted
+from components.data.remote import is_uri
 from components.errors import InputError
 
 
@@ -64,7 +65,7 @@ def check_job_paths(run_dir: Path | str | None, files: list, overrides: list[str
         raw = from_dict(Config, merged, "config")
         given += [("ray.storage_path", raw.ray.storage_path), ("data.cache_dir", raw.data.cache_dir)]
     for name, value in given:
-        if value is not None and "://" not in value and not Path(os.path.expanduser(value)).is_absolute():
+        if value is not None and not is_uri(value) and not Path(os.path.expanduser(value)).is_absolute():
             raise InputError(
                 f"{name} {value!r} is relative, but Ray job {job!r} runs in a working directory Ray chose "
                 f"({Path.cwd()}; a temporary copy under --working-dir) where outputs are lost: pass an absolute "

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from components.data.remote import is_uri
 from components.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -388,7 +389,7 @@ def validate(cfg: Config) -> Config:
         seen.add(d.name)
         if not (d.path or d.hf_dataset or (d.corpus and d.train and d.dev and d.test)):
             raise InputError(f"{where} ('{d.name}'): give `path`, `hf_dataset`, or corpus/train/dev/test files")
-    if cfg.ray.results_uri and "://" not in cfg.ray.results_uri:
+    if cfg.ray.results_uri and not is_uri(cfg.ray.results_uri):
         raise InputError(f"ray.results_uri: '{cfg.ray.results_uri}' is not a URI; give s3://bucket/prefix, "
                          "gs://..., or file:///abs/path (the run directory itself is --run-dir)")
     if not cfg.finetune.seeds:
@@ -425,7 +426,7 @@ def _check_ranges(obj: Any, where: str) -> None:
 
 
 def _abs(p: str | None, base: Path) -> str | None:
-    if p is None or "://" in p:
+    if p is None or is_uri(p):
         return p
     q = Path(os.path.expanduser(p))
     if q.is_absolute():
