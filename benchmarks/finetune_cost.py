@@ -49,12 +49,17 @@ def batch_for(tok, batch: int, length: int, mask_slot: bool) -> TaskBatch:
                      mask_pos=mask_pos)
 
 
+def adamw(model: torch.nn.Module, fused: bool) -> torch.optim.AdamW:
+    """The loops' fused AdamW, or torch's default per-tensor one (the baseline)."""
+    params = [{"params": list(model.parameters())}]
+    return fused_adamw(params, lr=1e-5) if fused else torch.optim.AdamW(params, lr=1e-5, foreach=False)
+
+
 def step_time(overrides: list[str], weights: dict, tok, args, fused: bool = True) -> float:
     cfg = load_config([REPO_ROOT / "pipelines/configs/default.yaml"], overrides)
     torch.manual_seed(0)
     model, plugins, _ = build_task_model(cfg, weights, TaskInfo("restaurant", ["negative", "neutral", "positive"]), tok)
-    params = [{"params": list(model.parameters())}]
-    opt = fused_adamw(params, lr=1e-5) if fused else torch.optim.AdamW(params, lr=1e-5, foreach=False)
+    opt = adamw(model, fused)
     batch = batch_for(tok, args.batch_size, args.length, model.pooling == "mask")
     model.train()
     times = []
@@ -78,8 +83,7 @@ def optimizer_step_time(weights: dict, tok, args, fused: bool) -> float:
     model, _, _ = build_task_model(cfg, weights, TaskInfo("restaurant", ["negative", "neutral", "positive"]), tok)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
-    params = [{"params": list(model.parameters())}]
-    opt = fused_adamw(params, lr=1e-5) if fused else torch.optim.AdamW(params, lr=1e-5, foreach=False)
+    opt = adamw(model, fused)
     times = []
     for i in range(args.steps + 2):
         t = time.perf_counter()

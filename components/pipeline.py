@@ -135,6 +135,11 @@ def _stage_train_subset(blocks: np.ndarray, needed: int, seed: int) -> np.ndarra
     return blocks[rows]
 
 
+def cell_threads(cfg: Config) -> int:
+    """Torch threads of a cell-sized task: its CPU share rounded down, at least 1 (0.66 CPU -> 1)."""
+    return int(max(1, cfg.finetune.cpus_per_cell))
+
+
 @ray.remote
 def _diagnostics_task(cfg: Config, weights: dict, heldout: dict[str, np.ndarray], tokens: Tokens, threads: int) -> dict:
     import torch
@@ -283,7 +288,7 @@ class Pipeline:
         arrays: dict[str, np.ndarray] = {}
         if distill_active(cfg):
             available = self.experts()
-            threads = int(cfg.finetune.cpus_per_cell)
+            threads = cell_threads(cfg)
             for task in experts_for_stage(cfg.methods.distill.mode, stage, available):
                 meta = read_expert_meta(available[task])
                 arrays[logits_file_key(task)] = ray.get(_expert_logits_task.options(
@@ -334,7 +339,7 @@ class Pipeline:
             ref = _cell_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell, max_retries=f.max_retries,
                                      retry_exceptions=[RuntimeError, OSError],
                                      scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
-                cfg, spec, refs[0], refs[1], refs[2], int(max(1, f.cpus_per_cell)))
+                cfg, spec, refs[0], refs[1], refs[2], cell_threads(cfg))
             self.pending[ref] = (i, task, seed)
 
     def collect(self, until_stage: int | None = None) -> None:
@@ -369,7 +374,7 @@ class Pipeline:
         heldout = {n: self.blocks[n].heldout[:self.cfg.pretrain.eval_blocks] for n in self.names}
         out = ray.get(_diagnostics_task.options(num_cpus=self.cfg.finetune.cpus_per_cell,
                                                 scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
-            self.cfg, self.weights(stage), heldout, self.tokens, int(max(1, self.cfg.finetune.cpus_per_cell))))
+            self.cfg, self.weights(stage), heldout, self.tokens, cell_threads(self.cfg)))
         record = {"stage": stage, "row": "base" if stage == 0 else self.names[stage - 1], "domains": out}
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as fh:

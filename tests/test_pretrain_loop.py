@@ -17,7 +17,7 @@ from components.models.loading import load_masked_lm, load_tokenizer
 from components.models.masked_lm import MaskedLM
 from components.pretrain.loop import LocalSession, StageSpec, Tokens, batch_rows, run_stage, steps_for
 from components.pretrain.plugin import StageInfo
-from components.pretrain.schedule import lr_factor
+from components.pretrain.schedule import lr_factor, make_adamw
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -116,3 +116,25 @@ def test_plugins_with_zero_weights_reproduce_ncl_exactly(tmp_path, tiny_model_di
     wn, wo = final_weights(ncl, tiny_model_dir), final_weights(off, tiny_model_dir)
     assert all(torch.equal(wn[k], wo[k]) for k in wn)
     assert [m["loss/mlm"] for m in ncl.metrics] == [m["loss/mlm"] for m in off.metrics]
+
+
+def test_adamw_is_the_fused_kernel_with_the_default_update_rule():
+    """make_adamw builds torch's fused AdamW; five steps match the per-tensor AdamW to float rounding."""
+    torch.manual_seed(0)
+    shapes = {"w": (64, 32), "b": (32,)}
+    start = {n: torch.randn(s) for n, s in shapes.items()}
+    grads = [{n: torch.randn(s) for n, s in shapes.items()} for _ in range(5)]
+    fused_params = {n: torch.nn.Parameter(t.clone()) for n, t in start.items()}
+    plain_params = {n: torch.nn.Parameter(t.clone()) for n, t in start.items()}
+    fused = make_adamw(list(fused_params.items()), lr=1e-2, weight_decay=0.1)
+    plain = torch.optim.AdamW([{"params": [plain_params["w"]], "weight_decay": 0.1},
+                               {"params": [plain_params["b"]], "weight_decay": 0.0}], lr=1e-2, foreach=False)
+    assert fused.defaults["fused"] is True
+    for g in grads:
+        for params, opt in ((fused_params, fused), (plain_params, plain)):
+            for n, p in params.items():
+                p.grad = g[n].clone()
+            opt.step()
+    for n in shapes:
+        assert not torch.equal(fused_params[n], start[n])
+        torch.testing.assert_close(fused_params[n], plain_params[n], rtol=1e-5, atol=1e-6)
