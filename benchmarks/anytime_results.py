@@ -11,6 +11,9 @@ accuracy matrices). The `base` row (no pre-training) comes from row 0 of the ncl
 
 Method presets are merged after every --config file; --set overrides apply after the preset
 (to every method), then the seed. --report-only rebuilds the tables from the runs that exist.
+--archive DIR copies each finished run's small files (anytime.json, wall_time.json, config.yaml,
+manifest.json) to DIR/<method>/seed<s>/, a layout --out-dir accepts: commit DIR and the table can
+be rebuilt (and the remaining runs added) on another machine without the multi-GB run dirs.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -37,6 +41,7 @@ from components.io import atomic_write_bytes, atomic_write_json, atomic_write_te
 
 PRESETS = REPO_ROOT / "pipelines" / "configs" / "methods"
 HEATMAP_METHODS = ("ncl", "full")
+ARCHIVED = ("anytime.json", "wall_time.json", "config.yaml", "manifest.json")
 
 
 def cpu_model() -> str:
@@ -91,6 +96,15 @@ def run_one(cfg: Config, run_dir: Path) -> float:
     return wall
 
 
+def archive_run(run_dir: Path, dest: Path) -> None:
+    """Copy a finished run's ``ARCHIVED`` files to ``dest`` (anytime.json last: it marks the copy complete)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in sorted(ARCHIVED, key=lambda n: n == "anytime.json"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, dest / f".{name}.tmp")
+            os.replace(dest / f".{name}.tmp", dest / name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -99,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each is a whole independent run")
     parser.add_argument("--out-dir", type=Path, required=True, help="OUT/<method>/seed<s>/ plus results.*")
     parser.add_argument("--label", default="", help="free text recorded in the header (e.g. 'cpu-reduced')")
+    parser.add_argument("--archive", type=Path, default=None,
+                        help="copy each finished run's anytime.json, wall time and config to ARCHIVE/<method>/seed<s>/")
     parser.add_argument("--report-only", action="store_true", help="train nothing; tabulate the runs in --out-dir")
     args = parser.parse_args(argv)
     if not args.config:
@@ -107,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = parse_list(args.methods, "methods")
     seeds = parse_list(args.seeds, "seeds", int)
     out = args.out_dir.expanduser().resolve()
+    archive = args.archive.expanduser().resolve() if args.archive else None
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", __file__, *argv])
     t_start = time.time()
 
@@ -121,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:  # data, model and method checks before hours of training
             prepare(cfgs[(m, seeds[0])])
         todo = [(m, s) for m in methods for s in seeds if not (out / m / f"seed{s}" / "anytime.json").is_file()]
+        if archive:
+            for m, s in sorted(set(cfgs) - set(todo)):
+                archive_run(out / m / f"seed{s}", archive / m / f"seed{s}")
         print(f"{len(methods) * len(seeds) - len(todo)} of {len(methods) * len(seeds)} runs already finished; "
               f"{len(todo)} to run", flush=True)
         for k, (m, s) in enumerate(todo, 1):
@@ -129,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 wall = run_one(cfgs[(m, s)], run_dir)
                 print(f"=== {m} seed {s}: done in {wall:.0f}s", flush=True)
+                if archive:
+                    archive_run(run_dir, archive / m / f"seed{s}")
             except InputError:
                 raise
             except Exception:  # noqa: BLE001 - one failed run must not lose the others; it is reported

@@ -5,13 +5,11 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
@@ -30,6 +28,7 @@ from components.pretrain.expert_kd import (
 )
 from components.pretrain.experts import expert_fingerprint, expert_head, load_expert, save_expert
 from components.pretrain.plugin import StageInfo
+from tests.ddp import run_ddp
 
 D = 32
 VOCAB = 100
@@ -349,13 +348,10 @@ class _Step(nn.Module):
 
 def _ddp_worker(rank: int, world: int, files: dict, out_dir: str) -> None:
     import datetime
-    import faulthandler
-    import sys
 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    faulthandler.dump_traceback_later(90, exit=True, file=sys.stderr)  # a hang shows where, then fails
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both ranks are on this machine: loopback only
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world,
@@ -389,6 +385,8 @@ def _ddp_worker(rank: int, world: int, files: dict, out_dir: str) -> None:
                  **{f"{w}_grad_{t}": r[0][t] for w, r in results.items() for t in ("a", "b")},
                  **{f"{w}_kd": np.array(r[1]) for w, r in results.items()},
                  **{f"{w}_heads{i}": g for w, r in results.items() for i, g in enumerate(r[2])})
+        del ddp  # the reducer goes before its process group (see the H-Prompt DDP test)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -400,15 +398,7 @@ def test_moegp_ddp_two_ranks():
         tmp_path = Path(tmp)
         files = {logits_file_key("a"): _logits_file(tmp_path / "a.npy", 16, 3, 0),
                  logits_file_key("b"): _logits_file(tmp_path / "b.npy", 16, 1, 1)}
-        # fork, as the H-Prompt DDP test: the children inherit the imports (no re-import of transformers)
-        ctx = mp.start_processes(_ddp_worker, args=(2, files, tmp), nprocs=2, join=False,
-                                 start_method="fork")
-        deadline = time.monotonic() + 120
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail("DDP workers did not finish within 120 s")
+        run_ddp(_ddp_worker, (2, files, tmp))
         r0, r1 = dict(np.load(tmp_path / "rank0.npz")), dict(np.load(tmp_path / "rank1.npz"))
     for w in ("uniform", "sample"):
         for r in (r0, r1):

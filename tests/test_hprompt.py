@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -39,6 +38,7 @@ from components.pretrain.hprompt import (
 from components.pretrain.hypernetwork import QueryEncoder, build_prompt_generator
 from components.pretrain.loop import MlmObjective
 from components.pretrain.plugin import StageInfo
+from tests.ddp import run_ddp
 
 D, V, T, PAD = 32, 60, 12, 1
 
@@ -359,11 +359,14 @@ def test_prompt_generator_is_batch_independent_and_serves_the_task_model():
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import datetime
+
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both ranks are on this machine: loopback only
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         base = tiny()
         model = copy.deepcopy(base).train()
@@ -378,15 +381,15 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         save_file({"mean": plugin.memory.mean, "var": plugin.memory.var, "proto": plugin.memory.prototypes,
                    "grad": plugin.generator.hypernet.up.weight.grad},
                   os.path.join(out_dir, f"rank{rank}.safetensors"))
+        del ddp  # the reducer goes before its process group: a teardown race hung 1 run in 3
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
 def test_statistics_and_prototypes_are_identical_across_ranks():
     with tempfile.TemporaryDirectory() as tmp:
-        # fork: the children inherit the imported modules (spawn re-imports transformers: ~10 s)
-        mp.start_processes(_ddp_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True,
-                           start_method="fork")
+        run_ddp(_ddp_worker, (2, os.path.join(tmp, "init"), tmp))
         r0, r1 = (load_file(os.path.join(tmp, f"rank{r}.safetensors")) for r in (0, 1))
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k

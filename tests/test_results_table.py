@@ -201,3 +201,17 @@ def test_script_report_only(tmp_path, runs):
     with pytest.raises(InputError, match="row 0"):
         script.main(["--config", str(REPO / "pipelines/configs/anytime6.yaml"), "--methods", "base",
                      "--out-dir", str(tmp_path), "--report-only"])
+
+
+def test_archive_keeps_the_small_files_in_a_layout_report_only_reads(tmp_path, runs):
+    script = _script()
+    run_dir = tmp_path / "out" / "ncl" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "anytime.json").write_text(json.dumps(runs["ncl"][0]))
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    (run_dir / "stages").mkdir()
+    (run_dir / "stages" / "model.safetensors").write_bytes(b"\0" * 1024)
+    script.archive_run(run_dir, tmp_path / "archive" / "ncl" / "seed0")
+    kept = sorted(p.name for p in (tmp_path / "archive").rglob("*") if p.is_file())
+    assert kept == ["anytime.json", "config.yaml"]  # no checkpoints, no temp files
+    assert load_runs(tmp_path / "archive", ["ncl"], [0])["ncl"][0] == runs["ncl"][0]

@@ -1,0 +1,37 @@
+"""Run a test's torch.distributed worker on 2 local CPU processes, with a deadline.
+
+Spawn, not fork: by the time a DDP test runs, the pytest process may hold Ray/gRPC threads
+from earlier end-to-end tests, and a forked child can inherit one of their locks held and
+hang forever (the CI timeout of 2026-12-01). Spawned children re-import the test module
+(~10 s) and start clean.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+import torch.multiprocessing as mp
+
+
+def _guarded(rank: int, worker: Callable, dump_after_s: float, *args) -> None:
+    """In the child: a hang prints every thread's stack to stderr and exits, instead of waiting silently."""
+    faulthandler.dump_traceback_later(dump_after_s, exit=True, file=sys.stderr)
+    worker(rank, *args)
+
+
+def run_ddp(worker: Callable, args: tuple, nprocs: int = 2, timeout_s: float = 120.0) -> None:
+    """``worker(rank, *args)`` on ``nprocs`` spawned processes; fails the test on a worker
+    error (re-raised by torch) or when they have not all finished within ``timeout_s``; a worker
+    still running at 3/4 of it prints its stacks first."""
+    ctx = mp.start_processes(_guarded, args=(worker, 0.75 * timeout_s, *args), nprocs=nprocs, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"DDP workers did not finish within {timeout_s:.0f} s")
