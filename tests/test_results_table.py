@@ -159,6 +159,17 @@ def test_missing_runs_are_reported(runs):
     assert "| uegp | missing | missing |" in md
 
 
+def test_base_constructs_stay_na_when_some_reference_seeds_are_missing(runs):
+    runs["ncl"][2] = None  # base = row 0 of ncl: 2 of 3 seeds left
+    md = results_markdown(build_results(runs, [0, 1, 2]))
+    base = next(line for line in md.splitlines() if line.startswith("| base |"))
+    cells = [c.strip() for c in base.strip("|").split("|")][1:]  # A_all .. forgetting
+    assert cells[0].endswith("(n=2)") and cells[4:] == ["n/a", "n/a", "n/a"]  # BWT/FWT/forgetting by construction
+    runs["ncl"] = {0: None, 1: None, 2: None}
+    md = results_markdown(build_results(runs, [0, 1, 2]))
+    assert next(line for line in md.splitlines() if line.startswith("| base |")).count("missing") == 7
+
+
 def test_load_runs_and_heatmaps(tmp_path, runs):
     for m, by_seed in runs.items():
         for s, r in by_seed.items():

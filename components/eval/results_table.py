@@ -185,8 +185,12 @@ def results_markdown(results: Mapping[str, Any], header: Sequence[tuple[str, Any
     """results.md: header facts, one table per score (rows: methods incl. base), paired
     differences vs the reference with significance, missing runs, the heatmap link."""
     n_seeds = len(results["seeds"])
-    missing_methods = {m["method"] for m in results["missing"]}
     ref = results["reference"]
+    n_missing = {m: sum(x["method"] == m for x in results["missing"]) for m in results["methods"]}
+    n_missing[BASE] = n_missing.get(ref, 0)
+    # "missing": no run of the method (or of ncl, for base) exists; a value that is None although
+    # runs exist is n/a (base's BWT/FWT/forgetting by construction, or a metric a run cannot compute)
+    missing_methods = {m for m, k in n_missing.items() if k == n_seeds}
     lines = ["# Anytime results: every method against its baselines", ""]
     lines += [f"- {k}: {v}" for k, v in header] + ([""] if header else [])
     lines += [f"Domains (in order): {' -> '.join(results['domains']) or 'n/a'}.", ""]
@@ -200,7 +204,7 @@ def results_markdown(results: Mapping[str, Any], header: Sequence[tuple[str, Any
             cells = []
             for name in results["metrics"]:
                 cell = dict(block["table"][m][name])
-                cell["missing"] = m in missing_methods or (m == BASE and ref in missing_methods)
+                cell["missing"] = m in missing_methods
                 cells.append(_fmt_cell(cell, n_seeds))
             rows.append([m, *cells])
         lines += _md_table(["method", *results["metrics"]], rows) + [""]
