@@ -1,9 +1,10 @@
 """Run a test's torch.distributed worker on 2 local CPU processes, with a deadline.
 
-Spawn, not fork: by the time a DDP test runs, the pytest process may hold Ray/gRPC threads
-from earlier end-to-end tests, and a forked child can inherit one of their locks held and
-hang forever (the CI timeout of 2026-12-01). Spawned children re-import the test module
-(~10 s) and start clean.
+The CI timeout of 2026-12-01 was a DDP test hanging at teardown (fixed in the workers: drop the
+DDP module and meet a barrier before destroying the process group); this helper makes the next
+hang cost one test, with the workers' stacks printed. Spawn, not fork: by the time a DDP test
+runs, the pytest process may hold Ray/gRPC threads from earlier end-to-end tests, which a
+forked child would inherit mid-lock. Spawned children re-import the test module (~5 s).
 """
 
 from __future__ import annotations
