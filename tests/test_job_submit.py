@@ -90,7 +90,9 @@ def test_pipeline_job_writes_to_the_absolute_run_dir(ray_head, client, tmp_path)
     for w in work_dirs:
         assert not (w / ".cache").exists() and not (w / "runs").exists(), w
         for pattern in ("anytime.json", "report.md", "*.safetensors", "s0*-seed0.json", "ray_storage", "blocks"):
-            assert not any(w.rglob(pattern)), (w, pattern)
+            written = [p for p in w.rglob(pattern)  # benchmarks/results/ ships archived runs in git
+                       if p.relative_to(w).parts[:2] != ("benchmarks", "results")]
+            assert not written, (w, pattern, written)
 
 
 def test_relative_run_dir_is_refused_in_one_line(ray_head, client, tmp_path):
