@@ -3,9 +3,10 @@
 CoCa's consistency term pulls the task head's distribution towards the pre-defined head's,
 p_pre(y|x) = softmax_y(MLM-head logits at the template's mask slot, restricted to one verbalizer
 token per class) (DESIGN.md 3.3). If p_pre predicts the same class for every input, that pull
-is towards a constant. For each checkpoint (a stage's `model.safetensors` in a run dir) and each
+is towards a constant (until CoCa's alpha term has trained the head). For each checkpoint (a stage's `model.safetensors` in a run dir) and each
 task of the config, prints the pre-defined head's zero-shot dev accuracy, the dev majority rate
-and how its argmax predictions spread over the classes (no training).
+and how its argmax predictions spread over the classes, on the first `finetune.max_eval_examples`
+dev examples (no training).
 
     python benchmarks/coca_predefined_head.py --config pipelines/configs/default.yaml \\
         --checkpoint RUN/stages/00-base/model.safetensors --checkpoint RUN/stages/03-tweet/model.safetensors
@@ -46,7 +47,10 @@ def main() -> None:
     cfg = load_config(args.config, [*args.overrides, "finetune.coca.enabled=true", "finetune.repcali.enabled=false"])
     tokenizer = load_tokenizer(cfg.model.name)
     for ckpt in args.checkpoint:
-        weights = load_file(ckpt)
+        try:
+            weights = load_file(ckpt)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+            raise InputError(f"--checkpoint: {ckpt} is not a readable safetensors file ({err})") from None
         print(f"== {ckpt}")
         for d in cfg.domains:
             domain = resolve_domain(d)

@@ -30,3 +30,10 @@ def test_probe_reports_every_task_of_a_checkpoint(tiny_model_dir):
 def test_missing_checkpoint_is_one_line_exit_2(tmp_path):
     done = probe("--checkpoint", str(tmp_path / "nope.safetensors"))
     assert done.returncode == 2 and "--checkpoint: no such file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unreadable_checkpoint_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    done = probe("--checkpoint", str(bad))
+    assert done.returncode == 2 and "not a readable safetensors file" in done.stderr and "Traceback" not in done.stderr
