@@ -105,6 +105,12 @@ def archive_run(run_dir: Path, dest: Path) -> None:
             os.replace(dest / f".{name}.tmp", dest / name)
 
 
+def pending_runs(out: Path, methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """(method, seed) pairs without an anytime.json, seed-major: a sweep stopped part-way leaves
+    every method with the same number of finished seeds (or one fewer)."""
+    return [(m, s) for s in seeds for m in methods if not (out / m / f"seed{s}" / "anytime.json").is_file()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for m in methods:  # data, model and method checks before hours of training
             prepare(cfgs[(m, seeds[0])])
-        todo = [(m, s) for m in methods for s in seeds if not (out / m / f"seed{s}" / "anytime.json").is_file()]
+        todo = pending_runs(out, methods, seeds)
         if archive:
             for m, s in sorted(set(cfgs) - set(todo)):
                 archive_run(out / m / f"seed{s}", archive / m / f"seed{s}")

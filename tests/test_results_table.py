@@ -226,3 +226,11 @@ def test_archive_keeps_the_small_files_in_a_layout_report_only_reads(tmp_path, r
     kept = sorted(p.name for p in (tmp_path / "archive").rglob("*") if p.is_file())
     assert kept == ["anytime.json", "config.yaml"]  # no checkpoints, no temp files
     assert load_runs(tmp_path / "archive", ["ncl"], [0])["ncl"][0] == runs["ncl"][0]
+
+
+def test_pending_runs_are_seed_major_and_skip_finished(tmp_path, runs):
+    (tmp_path / "ncl" / "seed0").mkdir(parents=True)
+    (tmp_path / "ncl" / "seed0" / "anytime.json").write_text(json.dumps(runs["ncl"][0]))
+    (tmp_path / "hprompt" / "seed0").mkdir(parents=True)  # started, unfinished: still pending
+    assert _script().pending_runs(tmp_path, ["ncl", "hprompt", "full"], [0, 1]) == [
+        ("hprompt", 0), ("full", 0), ("ncl", 1), ("hprompt", 1), ("full", 1)]
