@@ -90,6 +90,20 @@ def test_stage_trains_reports_and_is_deterministic(tmp_path, tiny_model_dir):
     assert any(not torch.equal(wa[k], init[k]) for k in init)  # it did train
 
 
+def test_hprompt_stage_is_deterministic_whatever_ran_before(tmp_path, tiny_model_dir):
+    """The hypernetwork's initialisation is a function of (seed, stage): two runs of the same
+    stage, with other random draws in between, end with the same weights."""
+    spec = make_spec(tiny_model_dir, ["methods.hprompt.enabled=true"])
+    spec.base_weights = spec.init_weights
+    a, b = LocalSession(tmp_path / "a"), LocalSession(tmp_path / "b")
+    run_stage(spec, a)
+    torch.rand(1000)  # a process's history (earlier cells, other stages) must not matter
+    run_stage(spec, b)
+    assert [m["loss/mlm"] for m in a.metrics] == [m["loss/mlm"] for m in b.metrics]
+    wa, wb = final_weights(a, tiny_model_dir), final_weights(b, tiny_model_dir)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_model_dir):
     spec = make_spec(tiny_model_dir)
     full = LocalSession(tmp_path / "full")

@@ -181,6 +181,8 @@ def run_stage(spec: StageSpec, session: Session) -> None:
     cfg, stage, p = spec.config, spec.stage, spec.config.pretrain
     device = session.device
     model = MaskedLM(masked_lm_from_state(cfg.model.name, spec.init_weights))
+    seed = mix_seed(cfg.seed, stage.index)
+    torch.manual_seed(mix_seed(seed, 2))  # plug-in initialisation: a function of (seed, stage), not of the process's history
     plugins = build_pretrain_plugins(spec, model)
     objective = MlmObjective(model, plugins).to(device)
     optimizer = make_adamw(list(objective.named_parameters()), p.lr, p.weight_decay)
@@ -208,7 +210,6 @@ def run_stage(spec: StageSpec, session: Session) -> None:
                        spec.tokens.pad_id, cfg.data.mask_prob)
     trained = session.wrap(objective, find_unused=bool(plugins))
     objective.train()
-    seed = mix_seed(cfg.seed, stage.index)
     t0, tokens = time.perf_counter(), 0
     for step in range(start, total if not finished else start):
         maybe_inject_fault(spec, step, session)
