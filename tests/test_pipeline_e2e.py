@@ -74,6 +74,11 @@ def test_every_output_is_written(clean_run):
     cell = json.loads((clean_run / "cells/s01-acl-seed0.json").read_text())
     assert {"accuracy", "macro_f1", "dev_curve", "seed", "checkpoint_fingerprint", "hyperparameters",
             "wall_time_s"} <= set(cell)
+    n_test = cell["examples"]["test"]
+    assert len(cell["test_predicted_counts"]) == len(cell["label_names"]) == len(cell["test_label_counts"])
+    assert sum(cell["test_predicted_counts"]) == sum(cell["test_label_counts"]) == n_test
+    hits = round(cell["accuracy"] * n_test)  # accuracy cannot exceed what the predicted counts allow
+    assert hits <= sum(min(p, t) for p, t in zip(cell["test_predicted_counts"], cell["test_label_counts"]))
     steps = [json.loads(line) for line in (clean_run / "metrics/pretrain_stage01.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [2, 4, 6] and all(s["tokens_per_s"] > 0 for s in steps)
     report = (clean_run / "report.md").read_text()

@@ -77,6 +77,8 @@ def run_cell(cfg: Config, spec: CellSpec, weights: dict, base_weights: dict | No
         "checkpoint_fingerprint": spec.checkpoint_fingerprint,
         "accuracy": result.accuracy,
         "macro_f1": result.macro_f1,
+        "test_predicted_counts": result.test_predicted_counts,
+        "test_label_counts": result.test_label_counts,
         "best_dev": result.best_dev,
         "dev_curve": result.dev_curve,
         "steps": result.steps,

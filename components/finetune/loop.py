@@ -35,6 +35,8 @@ class FinetuneResult:
     extra_forwards: int = 0
     extra_backwards: int = 0
     best_state: dict | None = None
+    test_predicted_counts: list[int] | None = None  # per class, argmax on test (None for regression)
+    test_label_counts: list[int] | None = None
 
 
 def batches(data: dict[str, torch.Tensor], batch_size: int, order: np.ndarray | None = None):
@@ -133,8 +135,13 @@ def finetune(
             if step >= total:
                 break
     model.load_state_dict(best_state)
-    test_score = score(predict(model, test, cfg.batch_size, device), test["labels"], regression)
+    test_logits = predict(model, test, cfg.batch_size, device)
+    test_score = score(test_logits, test["labels"], regression)
     result.accuracy, result.macro_f1, result.steps = test_score["accuracy"], test_score["macro_f1"], step
+    if not regression:  # a cell that predicts one class for every example shows here
+        classes = test_logits.shape[1]
+        result.test_predicted_counts = np.bincount(test_logits.argmax(-1), minlength=classes).tolist()
+        result.test_label_counts = np.bincount(test["labels"].numpy(), minlength=classes).tolist()
     result.extra_forwards = sum(p.extra_forwards for p in plugins)
     result.extra_backwards = sum(p.extra_backwards for p in plugins)
     result.best_state = best_state if keep_best_state else None
