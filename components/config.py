@@ -178,6 +178,7 @@ class FinetuneConfig:
     cpus_per_cell: float = field(default=1.0, metadata=_range(0, lo_open=True))
     gpus_per_cell: float = field(default=0.0, metadata=_range(0))
     max_retries: int = field(default=2, metadata=_range(0))
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # cells, experts' logits, held-out diagnostics, probes
     coca: CocaConfig = field(default_factory=CocaConfig)
     repcali: RepCaliConfig = field(default_factory=RepCaliConfig)
 

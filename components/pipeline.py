@@ -42,6 +42,7 @@ from components.methods import TaskInfo, build_task_model, distill_active, pooli
 from components.models.head_warmup import prepare_base_model, weights_fingerprint
 from components.models.loading import load_tokenizer, masked_lm_from_state
 from components.models.masked_lm import MaskedLM
+from components.models.precision import resolve_precision
 from components.pretrain.expert_kd import ExpertSpec, expert_logits_cache, experts_for_stage, logits_file_key
 from components.pretrain.experts import read_expert_meta, save_expert
 from components.pretrain.hprompt import check_prompt_fits
@@ -148,7 +149,8 @@ def _diagnostics_task(cfg: Config, weights: dict, heldout: dict[str, np.ndarray]
     model = MaskedLM(masked_lm_from_state(cfg.model.name, weights))
     masker = MlmMasker(tokens.vocab_size, tokens.mask_id, tokens.special_ids, tokens.pad_id, cfg.data.mask_prob)
     return {name: heldout_diagnostics(model, blocks, masker, tokens.pad_id, cfg.eval.anchor_ks,
-                                      cfg.eval.anchor_positions) for name, blocks in heldout.items()}
+                                      cfg.eval.anchor_positions, precision=cfg.finetune.precision)
+            for name, blocks in heldout.items()}
 
 
 @ray.remote
@@ -168,7 +170,7 @@ def _expert_logits_task(cfg: Config, expert_dir: str, blocks: np.ndarray, finger
         return build_task_model(cfg, base_weights, TaskInfo(meta["task"], meta.get("label_names")), tokenizer)[0]
 
     path = expert_logits_cache(expert_dir, blocks, tokens.pad_id, cfg.data.cache_dir, fingerprint, build,
-                               mask_id=tokens.mask_id)
+                               mask_id=tokens.mask_id, precision=cfg.finetune.precision)
     return np.load(path)
 
 
@@ -211,6 +213,9 @@ class Pipeline:
                               **{s: fingerprint_file(getattr(d, s)) for s in ("train", "dev", "test", "labels")}}
                      for d in self.plan.domains},
             "hardware": hardware(ray.cluster_resources()),
+            "precision": {  # as resolved on the driver's hardware; cells record their own ("precision")
+                "pretrain": resolve_precision(cfg.pretrain.precision, "cuda" if cfg.pretrain.use_gpu else "cpu"),
+                "finetune": resolve_precision(cfg.finetune.precision, "cuda" if cfg.finetune.gpus_per_cell > 0 else "cpu")},
         }
         write_config_and_manifest(run, cfg, manifest)
         self.tracker = Tracker(cfg.tracking, run.root, f"{cfg.name}-{run.root.name}",
@@ -454,6 +459,16 @@ def diagnostics_table(run: RunDir, names: list[str]) -> dict:
     return out
 
 
+def precision_summary(run: RunDir) -> str:
+    """The precision actually used: pre-training from the per-step records, cells from theirs."""
+    mdir = run.metrics("")
+    steps = [json.loads(line) for p in sorted(mdir.glob("pretrain_stage*.jsonl"))
+             for line in p.read_text().splitlines()[:1]] if mdir.is_dir() else []
+    cells = {read_json(p).get("precision", "fp32") for p in (run.root / "cells").glob("*.json")}
+    pre = sorted({"bf16" if s.get("bf16") else "fp32" for s in steps}) or ["n/a"]
+    return f"pre-training {'/'.join(pre)}, fine-tuning cells {'/'.join(sorted(cells)) or 'n/a'}"
+
+
 def write_report(cfg: Config, run: RunDir) -> dict:
     """Metrics and report from the cell files alone (what `--eval-only` runs)."""
     names = [d.name for d in cfg.domains]
@@ -469,6 +484,7 @@ def write_report(cfg: Config, run: RunDir) -> dict:
         f"{cfg.finetune.max_eval_examples} eval examples, lr {cfg.finetune.lr}",
         "hprompt": cfg.methods.hprompt.enabled, "distill": cfg.methods.distill.mode,
         "coca": cfg.finetune.coca.enabled, "repcali": cfg.finetune.repcali.enabled,
+        "precision": precision_summary(run),
         "stage-0 MLM head": (f"warmed up {base.get('steps')} steps on general text (loss {base.get('loss_first', 0):.2f}"
                              f" -> {base.get('loss_last', 0):.2f})") if base.get("head_warmup") else "as shipped",
     }

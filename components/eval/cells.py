@@ -20,6 +20,7 @@ from components.data.task_encoding import default_template, encode_task
 from components.finetune.loop import finetune
 from components.methods import TaskInfo, build_task_model, pooling_for
 from components.models.loading import load_tokenizer
+from components.models.precision import resolve_precision
 
 @dataclass
 class CellSpec:
@@ -87,6 +88,7 @@ def run_cell(cfg: Config, spec: CellSpec, weights: dict, base_weights: dict | No
         "examples": {s: int(len(d["labels"])) for s, d in data.items()},
         "label_names": info.label_names,
         "pooling": model.pooling,
+        "precision": resolve_precision(f.precision, device),
         "notes": notes,
         "hyperparameters": {k: v for k, v in asdict(f).items() if k not in ("seeds",)},
         "wall_time_s": round(time.time() - start, 2),

@@ -20,6 +20,7 @@ import torch
 
 from components.data.masking import MlmMasker
 from components.models.masked_lm import MaskedLM
+from components.models.precision import autocast_for
 
 
 def ridge_r2(x: np.ndarray, y: np.ndarray, train_fraction: float = 0.8, alpha: float = 1e-3, seed: int = 0) -> float:
@@ -54,6 +55,7 @@ def heldout_diagnostics(
     max_positions: int,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """{"mlm_loss": ..., "anchor_r2@k": ...} on `blocks` (masks fixed by seed 0)."""
     model.eval().to(device)
@@ -68,10 +70,11 @@ def heldout_diagnostics(
             ids = torch.from_numpy(blocks[s:s + batch_size].astype(np.int64))
             masked, labels = masker(ids, gen)
             attention = (ids != pad_id).long()
-            hidden = model.encode(model.embed(masked.to(device)), attention.to(device))
             picked = labels.to(device) != -100
             captured.clear()
-            logits = model.mlm_logits(hidden[picked]).float()
+            with autocast_for(device, precision):
+                hidden = model.encode(model.embed(masked.to(device)), attention.to(device))
+                logits = model.mlm_logits(hidden[picked]).float()
             loss_sum += float(torch.nn.functional.cross_entropy(logits, labels.to(device)[picked], reduction="sum"))
             count += int(picked.sum())
             if sum(len(f) for f in feats) < max_positions:

@@ -21,7 +21,7 @@ from components.config import FinetuneConfig
 from components.eval.scores import accuracy, macro_f1
 from components.finetune.plugin import FinetunePlugin
 from components.finetune.task_model import TaskBatch, TaskModel
-from components.pretrain.loop import autocast_for
+from components.models.precision import autocast_for
 from components.pretrain.schedule import fused_adamw, make_scheduler
 
 
@@ -115,11 +115,12 @@ def finetune(
     while step < total:
         for b in batches(train, cfg.batch_size, rng.permutation(n)):
             b = b.to(device)
-            out = model(b)
-            loss = task_loss(out.logits, b.labels, regression)
-            for p in plugins:
-                for term in p.loss_terms(model, b, out).values():
-                    loss = loss + term
+            with autocast_for(device, cfg.precision):
+                out = model(b)
+                loss = task_loss(out.logits, b.labels, regression)
+                for p in plugins:
+                    for term in p.loss_terms(model, b, out).values():
+                        loss = loss + term
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -127,7 +128,7 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % eval_every == 0 or step == total:
-                dev_score = score(predict(model, dev, cfg.batch_size, device), dev["labels"], regression)
+                dev_score = score(predict(model, dev, cfg.batch_size, device, cfg.precision), dev["labels"], regression)
                 result.dev_curve.append({"step": step, "loss": float(loss.detach()), **dev_score})
                 if dev_score["accuracy"] > result.best_dev:
                     result.best_dev = dev_score["accuracy"]
@@ -135,7 +136,7 @@ def finetune(
             if step >= total:
                 break
     model.load_state_dict(best_state)
-    test_logits = predict(model, test, cfg.batch_size, device)
+    test_logits = predict(model, test, cfg.batch_size, device, cfg.precision)
     test_score = score(test_logits, test["labels"], regression)
     result.accuracy, result.macro_f1, result.steps = test_score["accuracy"], test_score["macro_f1"], step
     if not regression:  # a cell that predicts one class for every example shows here

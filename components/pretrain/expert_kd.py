@@ -38,6 +38,7 @@ from torch import nn
 
 from components.config import DistillConfig
 from components.errors import InputError
+from components.models.precision import autocast_for, resolve_precision
 from components.finetune.task_model import TaskBatch, TaskModel
 from components.io import atomic_write_bytes, atomic_write_json
 from components.models.masked_lm import MaskedLM
@@ -101,12 +102,13 @@ def mask_last_content(ids: torch.Tensor, pad_id: int, mask_id: int) -> tuple[tor
     return out, slot
 
 
-def _cache_key(blocks_fingerprint: str, expert_fp: str, pad_id: int, pooling: str, mask_id: int | None) -> str:
-    material = json.dumps(
-        {"v": CACHE_FORMAT, "blocks": blocks_fingerprint, "expert": expert_fp, "pad": int(pad_id),
-         "pooling": pooling, "mask_id": None if pooling == "cls" else int(mask_id)},
-        sort_keys=True,
-    )
+def _cache_key(blocks_fingerprint: str, expert_fp: str, pad_id: int, pooling: str, mask_id: int | None,
+               precision: str = "fp32") -> str:
+    fields = {"v": CACHE_FORMAT, "blocks": blocks_fingerprint, "expert": expert_fp, "pad": int(pad_id),
+              "pooling": pooling, "mask_id": None if pooling == "cls" else int(mask_id)}
+    if precision != "fp32":  # fp32 keys stay those of earlier caches
+        fields["precision"] = precision
+    material = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -129,6 +131,7 @@ def expert_logits_cache(
     device: str | torch.device = "cpu",
     mask_id: int | None = None,
     stats: dict | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """The expert's logits on every clean block, computed once and cached; returns the path.
 
@@ -141,6 +144,7 @@ def expert_logits_cache(
     eval mode without gradients; for pooling "mask" `mask_id` is required and the last
     content token is masked (see `mask_last_content`). `stats`, if given, receives
     {"hit": bool, "forwards": number of batched expert forwards run, "path": str}.
+    `precision` (auto / fp32 / bf16, see components.models.precision) is part of the key.
     """
     blocks = np.asarray(blocks)
     if blocks.ndim != 2 or blocks.shape[0] == 0:
@@ -149,7 +153,8 @@ def expert_logits_cache(
     pooling = meta["pooling"]
     if pooling == "mask" and mask_id is None:
         raise InputError(f"expert {expert_dir}: pooling 'mask' needs mask_id for the cached teacher inputs")
-    key = _cache_key(blocks_fingerprint, expert_fingerprint(expert_dir), pad_id, pooling, mask_id)
+    used = resolve_precision(precision, device)
+    key = _cache_key(blocks_fingerprint, expert_fingerprint(expert_dir), pad_id, pooling, mask_id, used)
     path = Path(cache_dir) / "expert_logits" / f"{key}.npy"
     n = blocks.shape[0]
     if stats is not None:
@@ -163,7 +168,7 @@ def expert_logits_cache(
     model.to(device).eval()
     out = np.empty((n, meta["num_labels"]), dtype=np.float32)
     forwards = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast_for(device, used):
         for lo in range(0, n, batch_size):
             ids = torch.as_tensor(blocks[lo:lo + batch_size], dtype=torch.long, device=device)
             attn = (ids != pad_id).long()

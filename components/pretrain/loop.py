@@ -37,6 +37,7 @@ from components.data.masking import MlmMasker
 from components.methods import build_pretrain_plugins
 from components.models.loading import masked_lm_from_state
 from components.models.masked_lm import MaskedLM
+from components.models.precision import autocast_for, resolve_precision
 from components.pretrain.plugin import PretrainPlugin, StageInfo
 from components.pretrain.schedule import make_adamw, make_scheduler
 
@@ -123,15 +124,6 @@ def batch_rows(g: int, n: int, batch_size: int, seed: int) -> np.ndarray:
     return perm[slot * batch_size:(slot + 1) * batch_size]
 
 
-def autocast_for(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def steps_for(cfg: Config, world_size: int) -> int:
     """Optimizer steps of a stage: max_steps, capped by the token budget when one is set."""
     p = cfg.pretrain
@@ -208,6 +200,7 @@ def run_stage(spec: StageSpec, session: Session) -> None:
     shard = spec.train_blocks[session.rank::session.world_size]
     masker = MlmMasker(spec.tokens.vocab_size, spec.tokens.mask_id, spec.tokens.special_ids,
                        spec.tokens.pad_id, cfg.data.mask_prob)
+    precision = resolve_precision(p.precision, device)
     trained = session.wrap(objective, find_unused=bool(plugins))
     objective.train()
     t0, tokens = time.perf_counter(), 0
@@ -225,7 +218,7 @@ def run_stage(spec: StageSpec, session: Session) -> None:
                      "labels": labels.to(device), "block_index": rows.to(device)}
             torch.manual_seed(mix_seed(seed, g, session.rank, 1))  # dropout
             sync = a == p.grad_accum - 1 or not hasattr(trained, "no_sync")
-            with (contextlib.nullcontext() if sync else trained.no_sync()), autocast_for(device, p.precision):
+            with (contextlib.nullcontext() if sync else trained.no_sync()), autocast_for(device, precision):
                 terms = trained(batch)
                 loss = sum(terms.values()) / p.grad_accum
             loss.backward()
@@ -240,7 +233,8 @@ def run_stage(spec: StageSpec, session: Session) -> None:
         elapsed = time.perf_counter() - t0
         metrics = {"stage": stage.index, "step": done, "total_steps": total, "loss": sum(sums.values()),
                    "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                   "tokens": tokens, "elapsed_s": elapsed, "tokens_per_s": tokens / max(elapsed, 1e-9),
+                   "tokens": tokens, "elapsed_s": elapsed, "bf16": int(precision == "bf16"),
+                   "tokens_per_s": tokens / max(elapsed, 1e-9),
                    **{f"loss/{k}": v for k, v in sums.items()}}
         if done == total:
             clean = shard[:p.end_stage_blocks]
