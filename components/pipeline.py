@@ -408,7 +408,8 @@ class Pipeline:
     def finish(self) -> dict:
         anytime = write_report(self.cfg, self.run)
         if self.tracker:
-            self.tracker.log_matrix(anytime, self.run.root / "anytime_heatmap.png")
+            self.tracker.log_matrix(anytime, self.run.root / "anytime_heatmap.png",
+                                    sorted((self.run.root / "plots").glob("*.png")))
             self.tracker.finish()
         self.sync_results()
         return anytime

@@ -83,6 +83,10 @@ def test_every_output_is_written(clean_run):
     assert [s["step"] for s in steps] == [2, 4, 6] and all(s["tokens_per_s"] > 0 for s in steps)
     report = (clean_run / "report.md").read_text()
     assert "held-out mlm_loss" in report and "anchor_r2@10" in report
+    for name in ("pretrain_loss", "heldout_mlm_loss", "task_scores"):
+        png = clean_run / "plots" / f"{name}.png"
+        assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 5000, name
+        assert f"](plots/{name}.png)" in report
 
 
 def test_results_uri_holds_a_copy_of_the_run(clean_run):
@@ -118,7 +122,7 @@ def test_wandb_offline_files_hold_stage_metrics_and_the_table(clean_run):
     assert len(files) == 1
     blob = files[0].read_bytes()
     for key in (b"stage/laptop/mlm_loss", b"stage/accuracy/A_seen", b"anytime/accuracy", b"anytime/heatmap",
-                b"train/loss"):
+                b"train/loss", b"plots/task_scores", b"plots/pretrain_loss"):
         assert key in blob, key
     assert b"WANDB_API_KEY" not in blob
 

@@ -10,18 +10,24 @@ from typing import Any
 from components.errors import InputError
 from components.eval.matrix import SCORES
 from components.eval.metrics import METRIC_NAMES
-from components.io import read_json
+from components.io import atomic_write_bytes, read_json
+
+
+def load_anytime(run_dir: Path | str) -> dict[str, Any]:
+    """``run_dir/anytime.json``; InputError naming the file if it is missing or not JSON."""
+    path = Path(run_dir) / "anytime.json"
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found (is this a finished run directory?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read JSON ({exc})") from None
 
 
 def load_metrics(run_dir: Path | str, score: str) -> dict[str, float | None]:
     """The ``score`` metrics of ``run_dir/anytime.json``; InputError naming the file if unusable."""
     path = Path(run_dir) / "anytime.json"
-    try:
-        data = read_json(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found (is this a finished run directory?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read JSON ({exc})") from None
+    data = load_anytime(run_dir)
     metrics = data.get("metrics", {}).get(score) if isinstance(data, dict) else None
     if not isinstance(metrics, dict):
         raise InputError(f"{path}: malformed anytime.json, no 'metrics.{score}' object")
@@ -64,6 +70,24 @@ def compare_runs(
         for run in runs[1:]
     ]
     return {"score": score, "metrics": list(METRIC_NAMES), "runs": runs, "diff_vs_first": diffs}
+
+
+def write_comparison_figure(result: dict[str, Any], out: Path | str) -> Path:
+    """The runs of ``result`` (``compare_runs``) side by side as one PNG at ``out``
+    (components/eval/plots.py: ``comparison_figure``)."""
+    from components.eval.plots import comparison_figure
+
+    runs = []
+    for run in result["runs"]:
+        data = load_anytime(run["dir"])
+        if not isinstance(data.get(result["score"]), list) or not isinstance(data.get("rows"), list):
+            raise InputError(f"{Path(run['dir']) / 'anytime.json'}: malformed anytime.json, no '{result['score']}' matrix")
+        runs.append((run["label"], data))
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise InputError(f"--figure {out}: directory {out.parent} does not exist")
+    atomic_write_bytes(out, comparison_figure(runs, result["score"]))
+    return out
 
 
 def _table(title: str, rows: list[dict[str, Any]], signed: bool) -> list[str]:

@@ -1,4 +1,7 @@
-"""Write the anytime outputs of a run: anytime.json, anytime.csv, anytime_heatmap.png, report.md."""
+"""Write the anytime outputs of a run: anytime.json, anytime.csv, anytime_heatmap.png, plots/, report.md.
+
+With one seed there is no interval: report.md prints bare values (a ± 0.0000 would read as a
+measured zero-width interval); anytime.json keeps its `*_ci95` keys (0.0) for tools."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from matplotlib.figure import Figure
 
 from components.eval.matrix import SCORES, cell_mean_ci95, per_seed_metrics
 from components.eval.metrics import METRIC_NAMES
+from components.eval.plots import write_plots
 from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text, to_jsonable
 
 SCORE_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
@@ -104,26 +108,35 @@ def _report_md(
     metrics: dict[str, dict[str, dict[str, float | None]]],
     config_summary: dict[str, Any],
     diagnostics: dict[str, dict[str, Any]],
+    plots: Sequence[str] = (),
 ) -> str:
-    """The markdown report: matrices, metrics, config summary, diagnostics."""
+    """The markdown report: matrices, metrics, plots, config summary, diagnostics."""
+    intervals = len(seeds) > 1
+
+    def fmt(value: float | None, half: float | None) -> str:
+        return _fmt(value, half if intervals else None)
+
     parts = [
         "# Anytime evaluation report",
-        f"Seeds: {', '.join(str(s) for s in seeds)} (mean ± 95% CI half-width over seeds).",
+        f"Seeds: {', '.join(str(s) for s in seeds)} (mean ± 95% CI half-width over seeds)." if intervals
+        else f"Seed: {seeds[0]} (one seed: single values, no interval).",
         "Row i = model after pre-training stage i (row 0 = base model); column j = "
         "fine-tuned on the task of domain j. Cells with j <= i are seen domains.",
     ]
     for score in SCORES:
         mean, half = stats[score]
         rows = [
-            [f"{i}: {label}", *[_fmt(float(mean[i, j]), float(half[i, j])) for j in range(len(domains))]]
+            [f"{i}: {label}", *[fmt(float(mean[i, j]), float(half[i, j])) for j in range(len(domains))]]
             for i, label in enumerate(_row_labels(domains))
         ]
         parts += [f"## Anytime matrix: {SCORE_LABELS[score]}", _md_table(["stage", *domains], rows)]
     metric_rows = [
-        [name, *[_fmt(metrics[s][name]["mean"], metrics[s][name]["ci95"]) for s in SCORES]]
+        [name, *[fmt(metrics[s][name]["mean"], metrics[s][name]["ci95"]) for s in SCORES]]
         for name in METRIC_NAMES
     ]
     parts += ["## Metrics", _md_table(["metric", *[SCORE_LABELS[s] for s in SCORES]], metric_rows)]
+    parts += ["## Plots", "\n\n".join(f"![{Path(p).stem.replace('_', ' ')}]({p})"
+                                        for p in ["anytime_heatmap.png", *plots])]
     config = "\n".join(f"- {k}: {v}" for k, v in config_summary.items()) or "(none given)"
     parts += ["## Configuration", config]
     if diagnostics:
@@ -145,7 +158,7 @@ def write_anytime_outputs(
     config_summary: dict[str, Any],
     diagnostics: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write anytime.json, anytime.csv, anytime_heatmap.png and report.md into ``run_dir``.
+    """Write anytime.json, anytime.csv, anytime_heatmap.png, plots/ and report.md into ``run_dir``.
 
     Each file is written atomically. Cell scores are means over ``seeds``; metrics are
     computed per seed and aggregated (mean, 95% half-width). Returns the anytime.json dict.
@@ -170,8 +183,9 @@ def write_anytime_outputs(
     atomic_write_json(run_dir / "anytime.json", result)
     atomic_write_text(run_dir / "anytime.csv", _csv_text(domains, stats))
     atomic_write_bytes(run_dir / "anytime_heatmap.png", _heatmap_png(domains, stats, means))
+    plots = [p.relative_to(run_dir).as_posix() for p in write_plots(run_dir, result, cells, seeds)]
     atomic_write_text(
-        run_dir / "report.md", _report_md(domains, seeds, stats, metrics, config_summary, diagnostics or {})
+        run_dir / "report.md", _report_md(domains, seeds, stats, metrics, config_summary, diagnostics or {}, plots)
     )
     return result
 

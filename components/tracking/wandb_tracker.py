@@ -62,7 +62,8 @@ class Tracker:
         if self.run is not None:
             self.run.log({"stage": stage, **{f"stage/{k}": v for k, v in metrics.items() if v is not None}})
 
-    def log_matrix(self, anytime: dict, heatmap: Path) -> None:
+    def log_matrix(self, anytime: dict, heatmap: Path, plots: list[Path] = ()) -> None:
+        """The anytime matrices as tables, the heatmap and every picture of plots/ (`plots/<name>`)."""
         if self.run is None:
             return
         import wandb
@@ -70,7 +71,8 @@ class Tracker:
         for score in ("accuracy", "macro_f1"):
             rows = [[name, *vals] for name, vals in zip(anytime["rows"], anytime[score])]
             self.run.log({f"anytime/{score}": wandb.Table(columns=["row", *anytime["domains"]], data=rows)})
-        self.run.log({"anytime/heatmap": wandb.Image(str(heatmap))})
+        self.run.log({"anytime/heatmap": wandb.Image(str(heatmap)),
+                      **{f"plots/{Path(p).stem}": wandb.Image(str(p)) for p in plots}})
         for score, metrics in anytime["metrics"].items():
             self.run.summary.update({f"{score}/{k}": v for k, v in metrics.items()})
 
