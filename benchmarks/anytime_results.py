@@ -12,7 +12,7 @@ accuracy matrices). The `base` row (no pre-training) comes from row 0 of the ncl
 Method presets are merged after every --config file; --set overrides apply after the preset
 (to every method), then the seed. --report-only rebuilds the tables from the runs that exist.
 --archive DIR copies each finished run's small files (anytime.json, wall_time.json, config.yaml,
-manifest.json) to DIR/<method>/seed<s>/, a layout --out-dir accepts: commit DIR and the table can
+manifest.json, the cell records cells/*.json) to DIR/<method>/seed<s>/, a layout --out-dir accepts: commit DIR and the table can
 be rebuilt (and the remaining runs added) on another machine without the multi-GB run dirs.
 """
 
@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout thi
 from components.cli import add_config_args, check_job_paths, print_config, run_main  # noqa: E402
 from components.config import REPO_ROOT, Config, load_config  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.eval.results_table import (BASE, REFERENCE, build_results, heatmaps_png, load_runs,  # noqa: E402
-                                           results_markdown)
+from components.eval.results_table import (BASE, REFERENCE, build_results, heatmaps_png, load_cells,  # noqa: E402
+                                           load_runs, results_markdown)
 from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 
 PRESETS = REPO_ROOT / "pipelines" / "configs" / "methods"
@@ -97,8 +97,13 @@ def run_one(cfg: Config, run_dir: Path) -> float:
 
 
 def archive_run(run_dir: Path, dest: Path) -> None:
-    """Copy a finished run's ``ARCHIVED`` files to ``dest`` (anytime.json last: it marks the copy complete)."""
+    """Copy a finished run's ``ARCHIVED`` files and its cell records (cells/*.json, read by the
+    collapse guard) to ``dest`` (anytime.json last: it marks the copy complete)."""
     dest.mkdir(parents=True, exist_ok=True)
+    for cell in sorted((run_dir / "cells").glob("*.json")):
+        (dest / "cells").mkdir(exist_ok=True)
+        shutil.copyfile(cell, dest / "cells" / f".{cell.name}.tmp")
+        os.replace(dest / "cells" / f".{cell.name}.tmp", dest / "cells" / cell.name)
     for name in sorted(ARCHIVED, key=lambda n: n == "anytime.json"):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, dest / f".{name}.tmp")
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed[(m, s)] = f"failed in this invocation, see {m}/seed{s}/error.txt"
                 print(f"=== {m} seed {s}: FAILED (traceback in {run_dir / 'error.txt'})", flush=True)
 
-    results = build_results(load_runs(out, methods, seeds), seeds)
+    results = build_results(load_runs(out, methods, seeds), seeds, cells=load_cells(out, methods, seeds))
     for item in results["missing"]:
         error = out / item["method"] / f"seed{item['seed']}" / "error.txt"
         item["reason"] = failed.get((item["method"], item["seed"])) or (
@@ -207,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "results.md", results_markdown(results, header, "heatmaps.png" if heat else None))
     print(f"\nwrote {out / 'results.md'}, {out / 'results.json'}" + (f", {out / 'heatmaps.png'}" if heat else ""))
+    collapsed = {m: c["single_class"] for m, c in results["collapse"].items() if c["single_class"]}
+    if collapsed:
+        print("single-class cells (collapse guard): " + ", ".join(f"{m} {k}" for m, k in collapsed.items()))
     if results["missing"]:
         print("missing runs: " + ", ".join(f"{x['method']}/seed{x['seed']}" for x in results["missing"]))
     return 1 if failed else 0

@@ -234,3 +234,46 @@ def test_pending_runs_are_seed_major_and_skip_finished(tmp_path, runs):
     (tmp_path / "hprompt" / "seed0").mkdir(parents=True)  # started, unfinished: still pending
     assert _script().pending_runs(tmp_path, ["ncl", "hprompt", "full"], [0, 1]) == [
         ("hprompt", 0), ("full", 0), ("ncl", 1), ("hprompt", 1), ("full", 1)]
+
+
+def cell(stage: int, task: str, predicted: list[int], labels: list[int] | None = None) -> dict:
+    return {"stage": stage, "task": task, "seed": 0, "label_names": ["a", "b", "c"][:len(predicted)],
+            "test_predicted_counts": predicted, "test_label_counts": labels or [6, 3, 1][:len(predicted)]}
+
+
+def test_collapse_guard_flags_single_class_cells_and_counts_them_per_method(runs):
+    cells = {"ncl": {0: [cell(0, "d1", [5, 3, 2]), cell(1, "d1", [9, 1, 0])], 1: [cell(1, "d2", [4, 6])], 2: None},
+             "hprompt": {0: [cell(1, "d1", [0, 10, 0]), cell(2, "d2", [10, 0])],
+                         1: [cell(2, "d1", [0, 0, 10]), {"stage": 1, "task": "reg", "test_predicted_counts": None}],
+                         2: []}}
+    res = build_results(runs, [0, 1, 2], cells=cells)
+    col = res["collapse"]
+    assert col["ncl"] == {"cells_checked": 3, "single_class": 0, "flagged": [], "seeds_without_records": [2]}
+    assert col["hprompt"]["cells_checked"] == 3 and col["hprompt"]["single_class"] == 3  # regression cell skipped
+    assert col["hprompt"]["flagged"][0] == {"seed": 0, "stage": 1, "task": "d1", "predicted": "b",
+                                            "majority_rate": 0.6}
+    md = results_markdown(res)
+    assert "## Collapse guard: cells that predict a single class" in md
+    assert "| hprompt | 3 | **3** | - |" in md and "| ncl | 3 | 0 | 2 |" in md
+    assert "- hprompt seed 1, stage 2, task d1: every test example 'c' (test majority rate 0.600)" in md
+    json.dumps(res)  # results.json stays serialisable
+
+
+def test_script_counts_collapsed_cells_from_archived_cell_records(tmp_path, runs):
+    script = _script()
+    for m, by_seed in runs.items():
+        for s, r in by_seed.items():
+            run_dir = tmp_path / "out" / m / f"seed{s}"
+            (run_dir / "cells").mkdir(parents=True)
+            (run_dir / "anytime.json").write_text(json.dumps(r))
+            predicted = [0, 7] if (m, s) == ("hprompt", 2) else [3, 4]
+            (run_dir / "cells" / "s01-d1-seed0.json").write_text(json.dumps(cell(1, "d1", predicted, [5, 2])))
+            script.archive_run(run_dir, tmp_path / "archive" / m / f"seed{s}")
+    assert (tmp_path / "archive" / "hprompt" / "seed2" / "cells" / "s01-d1-seed0.json").is_file()
+    code = script.main(["--config", str(REPO / "pipelines/configs/default.yaml"), "--methods", "ncl,hprompt",
+                        "--seeds", "0,1,2", "--out-dir", str(tmp_path / "archive"), "--report-only"])
+    assert code == 0
+    data = json.loads((tmp_path / "archive" / "results.json").read_text())
+    assert {m: c["single_class"] for m, c in data["collapse"].items()} == {"ncl": 0, "hprompt": 1}
+    assert "- hprompt seed 2, stage 1, task d2" not in (tmp_path / "archive" / "results.md").read_text()
+    assert "- hprompt seed 2, stage 1, task d1: every test example 'b'" in (tmp_path / "archive" / "results.md").read_text()

@@ -17,6 +17,10 @@ so its metrics are those of its own matrix (``all_metrics``).
   absorbs float noise). With fewer than 2 paired seeds it is None ("n/a").
 - Missing runs (or metrics a run could not compute) are listed, and every cell says how many
   seeds it averages when that is fewer than requested: nothing is silently dropped.
+- Collapse guard: a classification cell whose test predictions are all one class (its record's
+  ``test_predicted_counts`` has a single non-zero entry) is flagged, and the flagged cells are
+  counted per method (``collapse`` in results.json, a section of results.md). Runs without cell
+  records (``cells/*.json``; archives made before they were kept) are counted as unchecked.
 """
 
 from __future__ import annotations
@@ -105,11 +109,49 @@ def _check_domains(runs: Runs) -> list[str]:
     return domains or []
 
 
-def build_results(runs: Runs, seeds: Sequence[int], reference: str = REFERENCE) -> dict[str, Any]:
+def single_class(cell: Mapping[str, Any]) -> str | None:
+    """The one class a cell predicts for every test example (its label name, or its index when
+    the record has no names), or None: it predicts several classes, or it is a regression cell."""
+    counts = cell.get("test_predicted_counts")
+    if not counts or sum(1 for c in counts if c) != 1:
+        return None
+    k = next(i for i, c in enumerate(counts) if c)
+    names = cell.get("label_names")
+    return str(names[k]) if names and k < len(names) else str(k)
+
+
+def collapse_summary(cells: Mapping[str, Mapping[int, "list[dict] | None"]], seeds: Sequence[int]) -> dict[str, Any]:
+    """Per method: classification cells checked, cells predicting a single class (each listed
+    with seed, stage, task, the class, and its test majority rate), and runs without records."""
+    out: dict[str, Any] = {}
+    for m, by_seed in cells.items():
+        checked, flagged, unchecked = 0, [], []
+        for s in seeds:
+            records = by_seed.get(s)
+            if records is None:
+                unchecked.append(s)
+                continue
+            for c in sorted(records, key=lambda c: (c["stage"], c["task"])):
+                if not c.get("test_predicted_counts"):
+                    continue
+                checked += 1
+                cls = single_class(c)
+                if cls is not None:
+                    labels = c.get("test_label_counts") or []
+                    flagged.append({"seed": s, "stage": c["stage"], "task": c["task"], "predicted": cls,
+                                    "majority_rate": max(labels) / sum(labels) if sum(labels) else None})
+        out[m] = {"cells_checked": checked, "single_class": len(flagged), "flagged": flagged,
+                  "seeds_without_records": unchecked}
+    return out
+
+
+def build_results(runs: Runs, seeds: Sequence[int], reference: str = REFERENCE,
+                  cells: Mapping[str, Mapping[int, "list[dict] | None"]] | None = None) -> dict[str, Any]:
     """Aggregate the runs: per-method summaries, paired differences vs ``reference``, mean matrices.
 
     ``runs[method][seed]`` is the run's anytime.json dict or None (missing). The ``base`` row
     is derived from the reference's runs (row 0) when the reference is among the methods.
+    ``cells[method][seed]`` (the run's cell records, or None) feeds the collapse guard.
     """
     seeds = list(seeds)
     domains = _check_domains(runs)
@@ -153,8 +195,10 @@ def build_results(runs: Runs, seeds: Sequence[int], reference: str = REFERENCE) 
                      "of the paired differences excludes 0 (paired t-test at 5%); n/a with fewer than 2 seeds.")
     else:
         notes.append(f"'{reference}' is not among the methods: no base row and no paired differences.")
+    collapse = collapse_summary({m: (cells or {}).get(m, {}) for m in methods}, seeds)
     return {"reference": reference if has_base else None, "methods": rows, "seeds": seeds, "domains": domains,
-            "metrics": list(TABLE_METRICS), "missing": missing, "scores": scores, "notes": notes}
+            "metrics": list(TABLE_METRICS), "missing": missing, "scores": scores, "notes": notes,
+            "collapse": collapse}
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -223,6 +267,7 @@ def results_markdown(results: Mapping[str, Any], header: Sequence[tuple[str, Any
             lines += _md_table(["method", *results["metrics"]], rows)
             lines += ["", "**sig** = the 95% interval of the paired differences excludes 0 (paired t-test, 5%); "
                       "n.s. = it does not; n/a = fewer than 2 paired seeds.", ""]
+    lines += _collapse_lines(results.get("collapse") or {})
     lines += ["## Missing runs", ""]
     if results["missing"]:
         lines += [f"- {m['method']} seed {m['seed']}: no anytime.json" + (f" ({m['reason']})" if m.get("reason")
@@ -237,6 +282,26 @@ def results_markdown(results: Mapping[str, Any], header: Sequence[tuple[str, Any
                   "Mean over seeds; row i = after pre-training stage i (0 = base), column j = fine-tuned on "
                   "task j; left of the red staircase = seen domains.", ""]
     return "\n".join(lines)
+
+
+def _collapse_lines(collapse: Mapping[str, Any]) -> list[str]:
+    if not collapse:
+        return []
+    lines = ["## Collapse guard: cells that predict a single class", "",
+             "A cell is flagged when every test example gets the same predicted class (a fine-tuning "
+             "collapse to one class, usually the majority class).", ""]
+    rows = []
+    for m, c in collapse.items():
+        unchecked = c["seeds_without_records"]
+        rows.append([m, str(c["cells_checked"]), f"**{c['single_class']}**" if c["single_class"] else "0",
+                     ", ".join(map(str, unchecked)) if unchecked else "-"])
+    lines += _md_table(["method", "cells checked", "single-class cells", "seeds without cell records"], rows) + [""]
+    flagged = [(m, f) for m, c in collapse.items() for f in c["flagged"]]
+    for m, f in flagged:
+        rate = "" if f["majority_rate"] is None else f" (test majority rate {f['majority_rate']:.3f})"
+        lines.append(f"- {m} seed {f['seed']}, stage {f['stage']}, task {f['task']}: every test example "
+                     f"'{f['predicted']}'{rate}")
+    return lines + ([""] if flagged else [])
 
 
 # ----------------------------------------------------------------------------- heatmaps
@@ -274,6 +339,18 @@ def heatmaps_png(matrices: Mapping[str, np.ndarray], domains: Sequence[str], tit
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def load_cells(out_dir: Path, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, dict[int, list[dict] | None]]:
+    """``out_dir/<method>/seed<s>/cells/*.json`` (the run's cell records) for every (method,
+    seed); None where the run has no cells/ directory."""
+    out: dict[str, dict[int, list[dict] | None]] = {}
+    for m in methods:
+        out[m] = {}
+        for s in seeds:
+            d = Path(out_dir) / m / f"seed{s}" / "cells"
+            out[m][s] = [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.is_dir() else None
+    return out
 
 
 def load_runs(out_dir: Path, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, dict[int, dict | None]]:
