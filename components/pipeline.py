@@ -45,7 +45,7 @@ from components.models.masked_lm import MaskedLM
 from components.models.precision import resolve_precision
 from components.pretrain.expert_kd import ExpertSpec, expert_logits_cache, experts_for_stage, logits_file_key
 from components.pretrain.experts import read_expert_meta, save_expert
-from components.pretrain.hprompt import check_prompt_fits
+from components.pretrain.hprompt import check_prompt_fits, check_prompt_width
 from components.pretrain.loop import StageSpec, Tokens, steps_for
 from components.pretrain.plugin import StageInfo
 from components.pretrain.ray_stage import train_stage
@@ -96,8 +96,10 @@ def prepare(cfg: Config) -> Plan:
 
     from components.models.loading import resolve_model
 
-    max_pos = AutoConfig.from_pretrained(resolve_model(cfg.model.name)).max_position_embeddings
+    model_config = AutoConfig.from_pretrained(resolve_model(cfg.model.name))
+    max_pos = model_config.max_position_embeddings
     if cfg.methods.hprompt.enabled:
+        check_prompt_width(model_config)
         check_prompt_fits(cfg.model.block_size, cfg.methods.hprompt.prompt_length, max_pos - 2)
     if cfg.model.block_size > max_pos - 2 or cfg.finetune.max_length > max_pos - 2:
         raise InputError(f"model.block_size / finetune.max_length: at most {max_pos - 2} for {cfg.model.name}")

@@ -13,7 +13,10 @@ from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTra
 from components.config import DEFAULT_MODEL
 from components.errors import InputError
 
-HEAD_PREFIXES = ("cls.", "lm_head.", "predictions.", "vocab_transform", "vocab_layer_norm", "vocab_projector")
+# State-dict prefixes of MLM heads (components/models/masked_lm.py: mlm_head_of): BERT, RoBERTa,
+# DistilBERT, ModernBERT (head + decoder), ELECTRA generator (generator_predictions + _lm_head).
+HEAD_PREFIXES = ("cls.", "lm_head.", "predictions.", "vocab_transform", "vocab_layer_norm", "vocab_projector",
+                 "head.", "decoder.", "generator_predictions.", "generator_lm_head.")
 
 
 def resolve_model(name: str) -> str:

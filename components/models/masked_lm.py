@@ -11,6 +11,8 @@ which costs M * d * V instead of B * T * d * V (the stock HF head projects every
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,23 @@ class _DistilBertHead(nn.Module):
         return self.decoder(self.norm(self.act(self.transform(h))))
 
 
+class _TwoPartHead(nn.Module):
+    """A head kept by the model as two modules: transform (dense, activation, norm), then decoder."""
+
+    def __init__(self, transform: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.transform, self.decoder = transform, decoder
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(h))
+
+
+# (transform, decoder) attribute pairs of *ForMaskedLM classes whose head is not one module.
+TWO_PART_HEADS = {"ModernBERT": ("head", "decoder"), "ELECTRA generator": ("generator_predictions", "generator_lm_head")}
+KNOWN_HEADS = ("`cls` (BERT family), `lm_head` (RoBERTa family), `predictions`, DistilBERT's `vocab_*`, "
+               + ", ".join(f"{family}'s `{a}` + `{b}`" for family, (a, b) in TWO_PART_HEADS.items()))
+
+
 def mlm_head_of(hf: PreTrainedModel) -> nn.Module:
     """The module mapping hidden states [..., d] to vocabulary logits [..., V]."""
     for attr in ("cls", "lm_head", "predictions"):
@@ -38,7 +57,12 @@ def mlm_head_of(hf: PreTrainedModel) -> nn.Module:
             return getattr(hf, attr)
     if hasattr(hf, "vocab_projector"):
         return _DistilBertHead(hf)
-    raise InputError(f"model class {type(hf).__name__}: no masked-LM head found (use a *ForMaskedLM model)")
+    for transform, decoder in TWO_PART_HEADS.values():
+        if isinstance(getattr(hf, transform, None), nn.Module) and isinstance(getattr(hf, decoder, None), nn.Linear):
+            return _TwoPartHead(getattr(hf, transform), getattr(hf, decoder))
+    modules = ", ".join(name for name, _ in hf.named_children())
+    raise InputError(f"model class {type(hf).__name__}: its MLM head is not one this project knows (its modules: "
+                     f"{modules}; known: {KNOWN_HEADS}); add it to components/models/masked_lm.py")
 
 
 class MaskedLM(nn.Module):
@@ -48,6 +72,8 @@ class MaskedLM(nn.Module):
         super().__init__()
         self.hf = hf
         self.head = mlm_head_of(hf)
+        # ModernBERT's encoder takes no token types; BERT-style encoders do.
+        self.takes_token_types = "token_type_ids" in inspect.signature(self.backbone.forward).parameters
 
     @property
     def backbone(self) -> nn.Module:
@@ -56,6 +82,11 @@ class MaskedLM(nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.hf.config.hidden_size
+
+    @property
+    def embedding_size(self) -> int:
+        """Width of the input embeddings (ELECTRA: `embedding_size`, projected to `hidden_size` inside)."""
+        return self.backbone.get_input_embeddings().embedding_dim
 
     @property
     def max_positions(self) -> int:
@@ -82,7 +113,7 @@ class MaskedLM(nn.Module):
             attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], p), attention_mask], 1)
             if token_type_ids is not None:
                 token_type_ids = torch.cat([token_type_ids.new_zeros(token_type_ids.shape[0], p), token_type_ids], 1)
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None and self.takes_token_types else {}
         hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs).last_hidden_state
         return hidden if prefix is None else hidden[:, prefix.shape[1]:]
 

@@ -82,6 +82,19 @@ def check_prompt_fits(block_size: int, prompt_length: int, max_positions: int) -
         )
 
 
+def check_prompt_width(model_config) -> None:
+    """Raise InputError when the input embeddings are narrower than the hidden states (ELECTRA's
+    `embedding_size`): prompts are built at the hidden width and prepended to the embeddings."""
+    hidden = model_config.hidden_size
+    width = getattr(model_config, "embedding_size", None) or hidden
+    if width != hidden:
+        raise InputError(
+            f"methods.hprompt: {model_config.model_type} embeds tokens at width {width} but its hidden states "
+            f"are {hidden} wide; prompts need the two equal (use a model with embedding_size = hidden_size, "
+            "or turn methods.hprompt off)"
+        )
+
+
 def usable_positions(model: MaskedLM) -> int:
     """Positions a sequence may occupy: max_position_embeddings, minus RoBERTa/MPNet's
     padding offset (their position ids start at padding_idx + 1)."""
