@@ -32,13 +32,43 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
 
 
 @dataclass
+class TaskSplitsConfig:
+    """Which split of the Hugging Face dataset plays each role."""
+
+    train: str = "train"
+    dev: str = "validation"
+    test: str = "test"
+
+
+@dataclass
+class TaskColumnsConfig:
+    """Which columns hold the text, the optional second text (pair tasks) and the label."""
+
+    text: str = "text"
+    text_b: str | None = None
+    label: str = "label"
+
+
+@dataclass
+class HfTaskConfig:
+    """A domain's task from a Hugging Face dataset: `hf_dataset` is a `save_to_disk` folder or a
+    hub id in the local cache. ClassLabel labels give the label names; string labels are matched
+    against `labels` (labels.json) when the domain has one, else their sorted set in train."""
+
+    hf_dataset: str = ""
+    splits: TaskSplitsConfig = field(default_factory=TaskSplitsConfig)
+    columns: TaskColumnsConfig = field(default_factory=TaskColumnsConfig)
+
+
+@dataclass
 class DomainConfig:
     """One domain: an unlabeled corpus plus a labeled downstream task.
 
     Either `path` (a directory in the shipped layout: corpus.txt or corpus.parquet,
     train/dev/test.jsonl, labels.json) or explicit files, or `hf_dataset` (a hub dataset id
     whose `text_column` is the corpus; needs hub access). `corpus` may be a URI (s3://, gs://,
-    hdfs://, file://) of a .parquet or .txt file, fetched once to `data.cache_dir`.
+    hdfs://, file://) of a .parquet or .txt file, fetched once to `data.cache_dir`. `task`
+    takes the task from a Hugging Face dataset instead of jsonl files.
     """
 
     name: str = ""
@@ -52,6 +82,7 @@ class DomainConfig:
     hf_split: str = "train"
     text_column: str = "text"
     verbalizers: dict[str, str] | None = None
+    task: HfTaskConfig | None = None
 
 
 @dataclass
@@ -388,8 +419,12 @@ def validate(cfg: Config) -> Config:
         if d.name in seen:
             raise InputError(f"{where}.name: duplicate domain name '{d.name}'")
         seen.add(d.name)
-        if not (d.path or d.hf_dataset or (d.corpus and d.train and d.dev and d.test)):
-            raise InputError(f"{where} ('{d.name}'): give `path`, `hf_dataset`, or corpus/train/dev/test files")
+        if not (d.path or d.hf_dataset or d.corpus):
+            raise InputError(f"{where} ('{d.name}'): no corpus; give `path`, `corpus` or `hf_dataset`")
+        if not (d.path or d.task or (d.train and d.dev and d.test)):
+            raise InputError(f"{where} ('{d.name}'): no task; give `path`, train/dev/test files, or `task`")
+        if d.task is not None and not d.task.hf_dataset:
+            raise InputError(f"{where}.task.hf_dataset: a save_to_disk folder or a hub dataset id is required")
     if cfg.ray.results_uri and not is_uri(cfg.ray.results_uri):
         raise InputError(f"ray.results_uri: '{cfg.ray.results_uri}' is not a URI; give s3://bucket/prefix, "
                          "gs://..., or file:///abs/path (the run directory itself is --run-dir)")
@@ -442,6 +477,8 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
     for d in cfg.domains:
         for key in ("path", "corpus", "train", "dev", "test", "labels"):
             setattr(d, key, _abs(getattr(d, key), base))
+        if d.task is not None and Path(os.path.expanduser(d.task.hf_dataset)).exists():  # a folder; else a hub id
+            d.task.hf_dataset = str(Path(os.path.expanduser(d.task.hf_dataset)).resolve())
     cfg.model.head_warmup.corpus = _abs(cfg.model.head_warmup.corpus, base)
     cfg.data.cache_dir = _abs(cfg.data.cache_dir, base)
     cfg.ray.storage_path = _abs(cfg.ray.storage_path, base)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from components.checkpoint import load_tree, publish_dir, staging_dir
 from components.config import Config, to_dict
-from components.data.corpus_cache import CorpusBlocks, fingerprint_file, load_corpus_blocks, tokenizer_fingerprint
+from components.data.corpus_cache import CorpusBlocks, load_corpus_blocks, task_fingerprints, tokenizer_fingerprint
 from components.data.domains import Domain, DomainSummary, localize_corpus, resolve_domain, validate_domain
 from components.data.masking import MlmMasker
 from components.errors import InputError
@@ -211,8 +211,7 @@ class Pipeline:
             "git_sha": git_sha(), "versions": versions(), "seed": cfg.seed, "seeds": cfg.finetune.seeds,
             "domain_order": self.names, "method": cfg.methods.name,
             "tokenizer_fingerprint": tokenizer_fingerprint(self.plan.tokenizer),
-            "data": {d.name: {"corpus": self.blocks[d.name].fingerprint,
-                              **{s: fingerprint_file(getattr(d, s)) for s in ("train", "dev", "test", "labels")}}
+            "data": {d.name: {"corpus": self.blocks[d.name].fingerprint, **task_fingerprints(d)}
                      for d in self.plan.domains},
             "hardware": hardware(ray.cluster_resources()),
             "precision": {  # as resolved on the driver's hardware; cells record their own ("precision")

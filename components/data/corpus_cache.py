@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
-from components.data.domains import Domain, corpus_file, iter_documents, read_corpus
+from components.data.domains import SPLITS, Domain, corpus_file, hf_task_fingerprints, iter_documents, read_corpus
 from components.data.packing import pack_blocks
 from components.data.tokenization import encode_plain
 from components.errors import InputError
@@ -49,6 +49,14 @@ def fingerprint_file(path: Path | str) -> str:
     if memo_key not in _file_fingerprints:
         _file_fingerprints[memo_key] = sha256_file(path)
     return _file_fingerprints[memo_key]
+
+
+def task_fingerprints(domain: Domain) -> dict[str, str]:
+    """Fingerprints of the task's data: sha256 of each jsonl split and labels.json, or the
+    `datasets` fingerprint of each split of a HF-dataset task."""
+    if domain.task_source is not None:
+        return hf_task_fingerprints(domain)
+    return {s: fingerprint_file(getattr(domain, s)) for s in (*SPLITS, "labels")}
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -11,7 +11,9 @@ Shipped layout (`DomainConfig.path`)::
 Explicit `corpus` / `train` / `dev` / `test` / `labels` fields override the directory's
 files; `hf_dataset` replaces the corpus by a Hugging Face dataset's `text_column`. `corpus`
 may be a URI (s3://, gs://, hdfs://, file://): `localize_corpus` fetches it once to the data
-cache (components/data/remote.py) before anything reads it.
+cache (components/data/remote.py) before anything reads it. `task` replaces the jsonl files by
+a Hugging Face dataset (a `save_to_disk` folder or a hub id in the local cache) with the
+split and column names it gives; ClassLabel labels become the label names.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.config import DomainConfig
+from components.config import DomainConfig, HfTaskConfig
 from components.data.remote import fetch, is_uri
 from components.errors import InputError
 
@@ -50,6 +52,7 @@ class Domain:
     labels: Path | None
     verbalizers: dict[str, str] | None = field(default=None, hash=False)
     corpus_uri: str | None = None   # a remote corpus; `corpus` is its local copy once fetched
+    task_source: HfTaskConfig | None = field(default=None, hash=False)   # the task from a HF dataset
 
     @property
     def corpus_source(self) -> str:
@@ -121,6 +124,7 @@ def resolve_domain(cfg: DomainConfig) -> Domain:
         labels=pick(cfg.labels, "labels.json"),
         verbalizers=dict(cfg.verbalizers) if cfg.verbalizers else None,
         corpus_uri=cfg.corpus if is_uri(cfg.corpus) else None,
+        task_source=cfg.task,
     )
 
 
@@ -249,6 +253,8 @@ def read_task(domain: Domain, split: str) -> TaskData:
     """Read and check one split (`train`, `dev` or `test`); labels become ids via labels.json."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if domain.task_source is not None:
+        return _read_hf_task(domain, split)
     path = getattr(domain, split)
     if path is None:
         raise InputError(f"domain '{domain.name}': no {split} file; set `path` or `{split}`")
@@ -329,3 +335,99 @@ def read_label_names(domain: Domain) -> list[str] | None:
     if duplicates:
         raise InputError(f"{path}: duplicate label(s) {', '.join(duplicates)}")
     return spec
+
+
+# ----------------------------------------------------------------------------- task from a HF dataset
+
+_hf_task_cache: dict[str, Any] = {}
+
+
+def _hf_task_dataset(domain: Domain) -> Any:
+    """The task's DatasetDict (memoised per process): `load_from_disk` for a folder, else
+    `load_dataset` (offline: from the local cache)."""
+    import datasets  # imported on use: only domains with a HF task pay for it
+
+    source = domain.task_source.hf_dataset
+    if source not in _hf_task_cache:
+        where = f"domain '{domain.name}': task.hf_dataset '{source}'"
+        try:
+            ds = datasets.load_from_disk(source) if Path(source).is_dir() else datasets.load_dataset(source)
+        except Exception as e:  # noqa: BLE001 - any loader failure (offline, missing, corrupt) is an input problem
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise InputError(f"{where} could not be loaded: {type(e).__name__}: {first}") from None
+        if not isinstance(ds, datasets.DatasetDict):
+            raise InputError(f"{where} is a single split; save a DatasetDict holding the train/dev/test splits")
+        _hf_task_cache[source] = ds
+    return _hf_task_cache[source]
+
+
+def hf_task_fingerprints(domain: Domain) -> dict[str, str]:
+    """The `datasets` fingerprint of each split the task uses (for the manifest)."""
+    ds, splits = _hf_task_dataset(domain), domain.task_source.splits
+    return {role: ds[getattr(splits, role)]._fingerprint for role in SPLITS if getattr(splits, role) in ds}
+
+
+def _hf_label_names(domain: Domain, feature: Any, values: list, where: str) -> list[str] | None:
+    """Label names of a HF label column: ClassLabel names, labels.json, or the sorted strings of
+    train; None for a float (regression) column."""
+    import datasets
+
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(feature.names)
+    elif getattr(feature, "dtype", "").startswith("float"):
+        return None
+    elif domain.labels is not None and domain.labels.is_file():
+        names = read_label_names(domain) or []
+    elif getattr(feature, "dtype", None) in ("string", "large_string"):
+        names = sorted({v for v in values if isinstance(v, str)})
+    else:
+        raise InputError(f"{where}: label column holds {feature}; cast it to ClassLabel (the names become the labels), "
+                         "or give the domain a `labels` file")
+    if len(names) < 2:
+        raise InputError(f"{where}: a classification task needs at least 2 labels, got {names}")
+    return names
+
+
+def _read_hf_task(domain: Domain, split: str) -> TaskData:
+    """One split of a HF-dataset task, checked like a jsonl split (one line naming split, row and column)."""
+    src = domain.task_source
+    ds = _hf_task_dataset(domain)
+    name = getattr(src.splits, split)
+    where = f"domain '{domain.name}': task.hf_dataset '{src.hf_dataset}'"
+    if name not in ds:
+        raise InputError(f"{where} has no split '{name}' (task.splits.{split}); splits: {', '.join(ds)}")
+    data = ds[name]
+    columns = {"text": src.columns.text, "text_b": src.columns.text_b, "label": src.columns.label}
+    for role, column in columns.items():
+        if column is not None and column not in data.column_names:
+            raise InputError(f"{where}[{name}]: no column '{column}' (task.columns.{role}); "
+                             f"columns: {', '.join(data.column_names)}")
+    if len(data) == 0:
+        raise InputError(f"{where}[{name}]: {split} split is empty")
+    train_split = ds[src.splits.train] if src.splits.train in ds else data
+    label_feature = train_split.features[columns["label"]]
+    label_names = _hf_label_names(domain, label_feature, train_split[columns["label"]], f"{where}[{src.splits.train}]")
+    if split != "train" and data.features[columns["label"]] != label_feature:
+        raise InputError(f"{where}[{name}]: label column is {data.features[columns['label']]}, "
+                         f"unlike {label_feature} in '{src.splits.train}'")
+    texts = {role: data[columns[role]] for role in ("text", "text_b") if columns[role] is not None}
+    index = {n: i for i, n in enumerate(label_names or [])}
+    labels: list[Any] = []
+    for row, value in enumerate(data[columns["label"]]):
+        for role, values in texts.items():
+            if not isinstance(values[row], str) or not values[row].strip():
+                raise InputError(f"{where}[{name}] row {row}: '{columns[role]}' (task.columns.{role}) must be a "
+                                 f"non-empty string, got {values[row]!r}")
+        if label_names is None:
+            labels.append(_float_label(value, Path(f"{src.hf_dataset}[{name}]"), row))
+        elif isinstance(value, bool):
+            raise InputError(f"{where}[{name}] row {row}: label {value!r} is not a class")
+        elif isinstance(value, int) and 0 <= value < len(label_names):
+            labels.append(value)
+        elif isinstance(value, str) and value in index:
+            labels.append(index[value])
+        else:
+            raise InputError(f"{where}[{name}] row {row}: label {value!r} is not one of {', '.join(label_names)}"
+                             + (" (-1: an unlabeled example)" if value == -1 else ""))
+    return TaskData(list(texts["text"]), list(texts["text_b"]) if "text_b" in texts else None, labels,
+                    label_names or [], label_names is None)
