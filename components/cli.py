@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from components.config import Config, dump_yaml, from_dict, load_config, merge, parse_override, read_yaml, set_dotted
-from components.data.remote import is_uri
+from components.data.remote import is_uri, redact
 from components.errors import InputError
 
 
@@ -83,7 +83,7 @@ def run_main(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):

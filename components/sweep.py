@@ -68,9 +68,7 @@ def load_space(path: Path, cfg: Config) -> dict[str, tuple[str, list]]:
         values = _check_values(where, kind, [_number(a) for a in args])
         for v in values:  # every value the distribution can produce must be valid for the key
             try:
-                probe = copy.deepcopy(to_dict(cfg))
-                set_dotted(probe, key, v)
-                config_from_dict(probe)
+                trial_config(to_dict(cfg), {key: v})
             except InputError as e:
                 raise InputError(f"{where}: value {v!r} is invalid ({e})") from None
         space[key] = (kind, [_number(a) for a in args])
@@ -147,9 +145,11 @@ def objective(metric: str, part: dict) -> float:
 
 
 def trial_config(base: dict, params: dict) -> Config:
+    """The base config with a trial's values; methods.name is derived again from the switches."""
     d = copy.deepcopy(base)
     for key, value in params.items():
         set_dotted(d, key, value)
+    d["methods"]["name"] = None
     return config_from_dict(d)
 
 

@@ -145,6 +145,9 @@ def validate_domain(domain: Domain) -> DomainSummary:
         n_chars += len(doc)
     if n_docs == 0:
         raise InputError(f"{domain.corpus_source}: corpus of domain '{domain.name}' is empty (no non-blank document)")
+    if n_docs == 1:
+        raise InputError(f"{domain.corpus_source}: corpus of domain '{domain.name}' has one document; at least 2 "
+                         "are needed (documents are split between training and the held-out diagnostics)")
     tasks = {split: read_task(domain, split) for split in SPLITS}
     pair = {split: task.texts_b is not None for split, task in tasks.items()}
     if len(set(pair.values())) > 1:

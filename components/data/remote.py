@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path, PurePosixPath
 
@@ -24,6 +25,29 @@ CORPUS_SUFFIXES = (".parquet", ".txt")
 def is_uri(text: str | None) -> bool:
     """True for `scheme://...` strings (a filesystem path never contains '://')."""
     return bool(text) and "://" in text
+
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(?:[^/@:\s'\"]*:[^@\s'\"]*|[^/@\s'\"]+)@")
+_SECRET_PARAM = re.compile(r"([?&][^=&\s'\"]*(?:secret|key|token|password|passwd|credential|signature|sig)"
+                           r"[^=&\s'\"]*=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with the secrets of every URI in it replaced by `***`: the user-info part
+    (s3://KEY:SECRET@bucket -> s3://***@bucket) and query parameters whose name says key,
+    secret, token, password, credential or signature (?secret_key=X -> ?secret_key=***)."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
+
+
+def redact_tree(obj):
+    """`redact` applied to every string in nested dicts and lists (configs, manifests)."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: redact_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact_tree(v) for v in obj]
+    return obj
 
 
 def filesystem(uri: str, problem: str):
@@ -65,7 +89,7 @@ def fetch(uri: str, cache_dir: Path | str, what: str = "file") -> Path:
     if suffix not in CORPUS_SUFFIXES:
         raise InputError(f"{uri}: {what} must end in {' or '.join(CORPUS_SUFFIXES)}")
     fs, path, info = _source(uri, what)
-    stamp = {"uri": uri, "size": info.size, "mtime_ns": info.mtime_ns}
+    stamp = {"uri": redact(uri), "size": info.size, "mtime_ns": info.mtime_ns}
     folder = Path(cache_dir) / "remote"
     local = folder / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}{suffix}"
     stamp_file = local.with_name(local.name + ".json")

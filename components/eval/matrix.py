@@ -1,7 +1,9 @@
 """Assemble anytime matrices from per-cell results and aggregate them over seeds.
 
 A cell result is a dict with at least ``stage`` (0..N), ``task`` (domain name), ``seed``,
-``accuracy`` and ``macro_f1`` (scores in [0, 1]).
+``accuracy`` and ``macro_f1``: scores in [0, 1], or for a regression task (``label_names``
+null) Pearson r in [-1, 1] in both slots, null where r is undefined. A null score is a
+missing value (NaN in the matrix), like a cell not run.
 """
 
 from __future__ import annotations
@@ -20,24 +22,30 @@ SCORES: tuple[str, ...] = ("accuracy", "macro_f1")
 def _cell_values(
     cells: Sequence[dict[str, Any]], domains: Sequence[str], n_stages: int, score: str
 ) -> dict[tuple[int, int, int], float]:
-    """Map (stage, column, seed) -> score, checking every cell; duplicates are an error."""
+    """Map (stage, column, seed) -> score, checking every cell; duplicates are an error; a null
+    score is left out (missing)."""
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     column = {name: j for j, name in enumerate(domains)}
     out: dict[tuple[int, int, int], float] = {}
+    seen: set[tuple[int, int, int]] = set()
     for cell in cells:
         stage, task, seed = int(cell["stage"]), cell["task"], int(cell["seed"])
         if not 0 <= stage <= n_stages:
             raise ValueError(f"cell stage {stage} outside 0..{n_stages}: {cell}")
         if task not in column:
             raise ValueError(f"cell task {task!r} is not one of the domains {list(domains)}")
-        value = float(cell[score])
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ValueError(f"cell {score} must be in [0, 1], got {value}: {cell}")
+        regression = "label_names" in cell and cell["label_names"] is None
+        low = -1.0 if regression else 0.0
+        value = math.nan if cell[score] is None else float(cell[score])
+        if not (math.isnan(value) or (math.isfinite(value) and low <= value <= 1.0)):
+            raise ValueError(f"cell {score} must be in [{low:g}, 1], got {value}: {cell}")
         key = (stage, column[task], seed)
-        if key in out:
+        if key in seen:
             raise ValueError(f"duplicate cell for stage {stage}, task {task!r}, seed {seed}")
-        out[key] = value
+        seen.add(key)
+        if not math.isnan(value):
+            out[key] = value
     return out
 
 

@@ -70,7 +70,8 @@ def _heatmap_png(
     axes = fig.subplots(1, 2, squeeze=False)
     for ax, score in zip(axes[0], SCORES):
         mean = stats[score][0]
-        image = ax.imshow(np.ma.masked_invalid(mean), vmin=0.0, vmax=1.0, cmap="viridis")
+        low = min(0.0, float(np.nanmin(mean, initial=0.0)))  # Pearson r of a regression task may be < 0
+        image = ax.imshow(np.ma.masked_invalid(mean), vmin=low, vmax=1.0, cmap="viridis")
         for i in range(n + 1):
             for j in range(n):
                 missing = math.isnan(mean[i, j])

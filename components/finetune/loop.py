@@ -5,11 +5,14 @@
 
 AdamW (backbone lr, head/new-module lr), linear warmup + decay, `evals_per_epoch` dev
 evaluations per epoch; the state with the best dev score is kept in memory and scored on test.
+A regression score (Pearson r) is NaN where undefined (constant predictions or labels): a NaN
+dev score never beats a number, and the first evaluated state is kept when none is a number.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -75,13 +78,26 @@ def predict(model: TaskModel, data: dict[str, torch.Tensor], batch_size: int, de
 
 
 def score(logits: np.ndarray, labels: torch.Tensor, regression: bool) -> dict[str, float]:
-    """Classification: accuracy and macro-F1. Regression: both slots hold Pearson r."""
+    """Classification: accuracy and macro-F1. Regression: both slots hold Pearson r in [-1, 1],
+
+        r = cov(pred, gold) / (std(pred) std(gold)),
+
+    NaN where it is undefined (fewer than 2 examples, or constant predictions or labels)."""
     gold = labels.numpy()
     if regression:
-        r = float(np.corrcoef(logits[:, 0], gold)[0, 1]) if len(gold) > 1 else 0.0
+        pred = logits[:, 0].astype(np.float64)
+        gold = gold.astype(np.float64)
+        if len(gold) < 2 or pred.std() == 0 or gold.std() == 0:
+            return {"accuracy": math.nan, "macro_f1": math.nan}
+        r = float(np.clip(np.corrcoef(pred, gold)[0, 1], -1.0, 1.0))
         return {"accuracy": r, "macro_f1": r}
     pred = logits.argmax(-1)
     return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold)}
+
+
+def _better(new: float, best: float) -> bool:
+    """`new` beats `best`: a number beats NaN, NaN beats nothing."""
+    return not math.isnan(new) and (math.isnan(best) or new > best)
 
 
 def finetune(
@@ -130,7 +146,7 @@ def finetune(
             if step % eval_every == 0 or step == total:
                 dev_score = score(predict(model, dev, cfg.batch_size, device, cfg.precision), dev["labels"], regression)
                 result.dev_curve.append({"step": step, "loss": float(loss.detach()), **dev_score})
-                if dev_score["accuracy"] > result.best_dev:
+                if best_state is None or _better(dev_score["accuracy"], result.best_dev):
                     result.best_dev = dev_score["accuracy"]
                     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             if step >= total:
