@@ -1,4 +1,5 @@
-"""Atomic file writes (temp file in the same directory, then ``os.replace``) and JSON reads."""
+"""Atomic file writes (temp file in the same directory, then ``os.replace``), JSON reads, and
+append-only JSONL files that survive a process killed mid-append (a torn last line)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,31 @@ def atomic_write_json(path: Path | str, obj: Any) -> None:
 def read_json(path: Path | str) -> Any:
     """Read and parse a UTF-8 JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: Path | str) -> list[dict]:
+    """The records of a JSONL file ([] when it does not exist). Text after the last newline is
+    a line cut short by a killed writer (`append_jsonl` writes each line whole, newline last)
+    and is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    complete = path.read_text(encoding="utf-8").split("\n")[:-1]
+    return [json.loads(line) for line in complete if line.strip()]
+
+
+def append_jsonl(path: Path | str, record: dict) -> None:
+    """Append one record as a line; a torn last line left by a killed writer is cut off first
+    (the line is written whole, so a reader never sees two records run together)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(max(0, size - (1 << 20)))
+            data = f.read()
+            if not data.endswith(b"\n"):
+                cut = data.rfind(b"\n")
+                f.truncate(size - len(data) + cut + 1 if cut >= 0 else size - len(data))
+        f.write((json.dumps(to_jsonable(record), allow_nan=False) + "\n").encode("utf-8"))
+        f.flush()

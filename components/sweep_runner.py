@@ -3,6 +3,7 @@ resume the Tuner, write sweep.json / best.yaml, log the results table to W&B."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import Config, to_dict
@@ -11,17 +12,38 @@ from components.sweep import (OBJECTIVE, load_space, pretrain_key, run_trial, se
                               tune_space, write_outputs)
 
 
-def run_sweep(cfg: Config, space_file: Path, sweep_dir: Path, num_samples: int, search: str,
-              scheduler_name: str) -> dict:
+@dataclass
+class SweepPlan:
+    """What validation found: the space, the search algorithm, the pipeline's plan."""
+
+    space: dict
+    search: str
+    algo: object
+    plan: object
+
+    def describe(self, cfg: Config, num_samples: int, scheduler: str) -> str:
+        lines = [f"sweep: {num_samples} sample(s), search {self.search}, scheduler {scheduler}, objective "
+                 f"{cfg.sweep.metric} of {cfg.sweep.score} ({cfg.sweep.mode})"]
+        lines += [f"  {key}: {kind} {args}" for key, (kind, args) in self.space.items()]
+        return "\n".join(lines + [self.plan.describe(cfg)])
+
+
+def plan_sweep(cfg: Config, space_file: Path, search: str) -> SweepPlan:
+    """Validate the space, the searcher and the pipeline's inputs: before Ray or any trial starts."""
+    from components.pipeline import prepare
+
+    space = load_space(space_file, cfg)
+    return SweepPlan(space, search, searcher(search, space, OBJECTIVE, cfg.sweep.mode, cfg.seed), prepare(cfg))
+
+
+def run_sweep(cfg: Config, sweep_plan: SweepPlan, sweep_dir: Path, num_samples: int, scheduler_name: str) -> dict:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from components.pipeline import Pipeline, init_ray, prepare
+    from components.pipeline import Pipeline, init_ray
 
-    space = load_space(space_file, cfg)          # fails fast: before Ray or any trial starts
-    algo = searcher(search, space, OBJECTIVE, cfg.sweep.mode, cfg.seed)
-    plan = prepare(cfg)
+    space, algo, plan = sweep_plan.space, sweep_plan.algo, sweep_plan.plan
     sweep_dir.mkdir(parents=True, exist_ok=True)
     init_ray(cfg)
     base = to_dict(cfg)

@@ -34,9 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         print_config(cfg)
         return 0
 
+    from components.lock import hold
     from components.pipeline import Pipeline, prepare, write_report
     from components.run_dir import RunDir
 
+    if run_dir is not None and not args.dry_run:
+        hold(run_dir)  # one pipeline per run directory; before any work
     if args.eval_only:
         if run_dir is None:
             raise InputError("--eval-only needs --run-dir")

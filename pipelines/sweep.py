@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search", choices=SEARCHERS, default="random")
     parser.add_argument("--scheduler", choices=("asha", "none"), default="asha")
     parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config, the space, the searcher and every data file; run no trial")
     args = parser.parse_args(argv)
     if args.num_samples < 1:
         raise InputError("--num-samples must be >= 1")
@@ -38,10 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print_config(cfg)
         return 0
-    from components.sweep_runner import run_sweep
+    from components.lock import hold
+    from components.sweep_runner import plan_sweep, run_sweep
 
-    result = run_sweep(cfg, args.space, args.run_dir.expanduser().resolve(), args.num_samples, args.search,
-                       args.scheduler)
+    sweep_plan = plan_sweep(cfg, args.space, args.search)
+    print(sweep_plan.describe(cfg, args.num_samples, args.scheduler), flush=True)
+    if args.dry_run:
+        print("dry run: config, space and data are valid; no trial run")
+        return 0
+    run_dir = args.run_dir.expanduser().resolve()
+    hold(run_dir, "sweep directory")
+    result = run_sweep(cfg, sweep_plan, run_dir, args.num_samples, args.scheduler)
     best = result["best"]
     print(f"best trial {best['trial_id']}: {cfg.sweep.metric} = {best['metrics']['objective']:.4f} "
           f"with {best['params']}")

@@ -139,3 +139,126 @@ def test_error_lines_are_redacted(tmp_path, capsys, domain):  # noqa: F811
     cfg = config_for(tmp_path, domain, "ray: {results_uri: 'nosuch://user:hunter2@host/x'}\n")
     code, out, err = run_cli(["--config", str(cfg), "--dry-run"], capsys)
     assert code == 2 and "hunter2" not in out + err and "nosuch://***@host/x" in err
+
+
+# ----------------------------------------------------------------------------- one writer per directory
+
+
+def _holder(directory):
+    """A separate process holding the run-directory lock until killed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pathlib import Path; from components.lock import hold; "
+            f"hold(Path({str(directory)!r})); print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_pipeline_on_a_locked_run_dir_exits_2_naming_lock_and_pid(tmp_path, capsys):
+    from components.lock import release
+
+    run_dir = tmp_path / "run"
+    proc = _holder(run_dir)
+    try:
+        code, out, err = run_cli(["--config", str(DEFAULT), "--run-dir", str(run_dir)], capsys)
+        assert code == 2 and "plan:" not in out
+        assert f"lock {run_dir / '.lock'} is held by pid {proc.pid}" in err and len(err.strip().splitlines()) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    from components.lock import hold
+
+    assert (run_dir / ".lock").read_text().startswith(f"pid {proc.pid}")   # stale: its holder is dead
+    hold(run_dir)                                                           # ... and taken over
+    assert (run_dir / ".lock").read_text().startswith(f"pid {__import__('os').getpid()} ")
+    release(run_dir)
+
+
+def test_unwritable_run_dir_is_one_line_before_any_work(tmp_path, capsys):
+    run_dir = "/sys/anytime-cpt-run" if __import__("os").geteuid() == 0 else str(tmp_path / "ro" / "run")
+    if not run_dir.startswith("/sys"):
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o500)
+    code, out, err = run_cli(["--config", str(DEFAULT), "--run-dir", run_dir], capsys)
+    assert code == 2 and f"run directory {run_dir} cannot be written" in err and "plan:" not in out
+
+
+def test_cache_entry_lock_makes_a_second_creator_wait(tmp_path):
+    import threading
+    import time
+
+    from components.lock import locked
+
+    order = []
+    lock = tmp_path / "base_models" / ".key.lock"
+    with locked(lock, "cache entry"):
+        with pytest.raises(InputError, match=r"cache entry .* is in use: lock .* is held by pid"):
+            with locked(lock, "cache entry", wait=False):
+                pass
+        def second():
+            with locked(lock, "cache entry"):
+                order.append("second")
+
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append("first done")
+    t.join(5)
+    assert order == ["first done", "second"]
+
+
+# ----------------------------------------------------------------------------- torn JSONL lines
+
+
+def test_jsonl_tolerates_a_torn_last_line_and_appends_after_it(tmp_path):
+    from components.io import append_jsonl, read_jsonl
+
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "lo')
+    assert read_jsonl(path) == [{"step": 1}]
+    append_jsonl(path, {"step": 2, "loss": float("nan")})
+    assert path.read_text() == '{"step": 1}\n{"step": 2, "loss": null}\n'
+    assert read_jsonl(tmp_path / "absent.jsonl") == []
+
+
+def test_replayed_steps_are_not_appended_twice(tmp_path):
+    from components.io import read_jsonl
+    from components.pretrain.ray_stage import ProgressCallback
+
+    path = tmp_path / "pretrain_stage01.jsonl"
+
+    def report(cb, step):
+        cb.after_report(None, [{"step": step, "total_steps": 4, "loss": 1.0, "tokens_per_s": 1.0}], None)
+
+    first = ProgressCallback(str(path), "stage 1")
+    for step in (1, 2, 3, 2, 3):       # a Train restart from the step-1 checkpoint replays 2 and 3
+        report(first, step)
+    with open(path, "a") as f:
+        f.write('{"step": 4, "tot')      # the driver died mid-line
+    again = ProgressCallback(str(path), "stage 1")   # the next invocation resumes from step 2
+    for step in (3, 4):
+        report(again, step)
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- sweep --dry-run
+
+
+def test_sweep_dry_run_validates_everything_and_runs_nothing(tmp_path, capsys):
+    from components.cli import run_main
+    from pipelines.sweep import main
+
+    argv = ["--config", str(DEFAULT), "--space", str(REPO_ROOT / "tune_spaces/coca_repcali.yaml"),
+            "--run-dir", str(tmp_path / "sweep"), "--dry-run"]
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: main(argv))
+    out, err = capsys.readouterr()
+    assert e.value.code == 0, err
+    assert "sweep: 4 sample(s), search random" in out and "finetune.coca.alpha" in out and "plan:" in out
+    assert "dry run" in out and not (tmp_path / "sweep").exists()
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: main([*argv, "--set", "sweep.metric=A_sen"]))
+    assert e.value.code == 2 and "did you mean 'A_seen'" in capsys.readouterr().err

@@ -91,14 +91,14 @@ def test_bad_space_exits_2_before_any_trial(tmp_path, capsys):
 
 def test_random_sweep_with_asha_stops_the_worst_trial_and_writes_best(tmp_path, shared_cache, ray_session):
     from components.pipeline import Pipeline, prepare
-    from components.sweep_runner import run_sweep
+    from components.sweep_runner import plan_sweep, run_sweep
 
     files, overrides = sweep_config(tmp_path, shared_cache)
     cfg = load_config(files, overrides)
     # grid order is kept with one trial at a time: the third (head_lr ~ 0: cannot learn) is the worst
     space = write_space(tmp_path, "finetune.head_lr: {grid: [2.0e-2, 1.0e-2, 1.0e-12]}\n")
     sweep_dir = tmp_path / "sweep"
-    out = run_sweep(cfg, space, sweep_dir, num_samples=1, search="random", scheduler_name="asha")
+    out = run_sweep(cfg, plan_sweep(cfg, space, "random"), sweep_dir, num_samples=1, scheduler_name="asha")
     trials = out["trials"]
     assert len(trials) == 3
     by_lr = {t["params"]["finetune.head_lr"]: t for t in trials}
@@ -120,7 +120,7 @@ def test_random_sweep_with_asha_stops_the_worst_trial_and_writes_best(tmp_path, 
 
     # running the sweep again resumes it: finished trials are not rerun
     cells = {p: p.stat().st_mtime for p in (sweep_dir / "trials").glob("*/cells/*.json")}
-    again = run_sweep(cfg, space, sweep_dir, num_samples=1, search="random", scheduler_name="asha")
+    again = run_sweep(cfg, plan_sweep(cfg, space, "random"), sweep_dir, num_samples=1, scheduler_name="asha")
     assert {p: p.stat().st_mtime for p in (sweep_dir / "trials").glob("*/cells/*.json")} == cells
     assert again["best"]["trial_id"] == out["best"]["trial_id"]
 
@@ -165,12 +165,12 @@ def test_grid_needs_random_search():
 def test_optuna_sweep_runs_the_pipeline(tmp_path, shared_cache, ray_session):
     """`--search optuna` end to end: two trials of the real pipeline, each with a suggested
     head_lr inside the space, reported after every stage."""
-    from components.sweep_runner import run_sweep
+    from components.sweep_runner import plan_sweep, run_sweep
 
     files, overrides = sweep_config(tmp_path, shared_cache)
     cfg = load_config(files, overrides + ["finetune.epochs=1"])
     space = write_space(tmp_path, "finetune.head_lr: {loguniform: [1.0e-3, 3.0e-2]}\n")
-    out = run_sweep(cfg, space, tmp_path / "sweep", num_samples=2, search="optuna", scheduler_name="none")
+    out = run_sweep(cfg, plan_sweep(cfg, space, "optuna"), tmp_path / "sweep", num_samples=2, scheduler_name="none")
     assert len(out["trials"]) == 2 and {t["status"] for t in out["trials"]} == {"finished"}
     lrs = [t["params"]["finetune.head_lr"] for t in out["trials"]]
     assert all(1.0e-3 <= lr <= 3.0e-2 for lr in lrs) and lrs[0] != lrs[1]

@@ -15,7 +15,6 @@ returns the ones it wrote. `comparison_figure` draws several runs side by side (
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from matplotlib.figure import Figure
 
 from components.eval.matrix import SCORES
 from components.eval.metrics import METRIC_NAMES, mean_ci95
-from components.io import atomic_write_bytes
+from components.io import atomic_write_bytes, read_jsonl
 
 SCORE_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
 PROBE_KEYS = ("probe_accuracy", "probe_macro_f1")
@@ -37,10 +36,6 @@ def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return buf.getvalue()
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _heatmap(ax, values: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str,
@@ -71,7 +66,7 @@ def pretrain_loss_png(metrics_dir: Path, domains: Sequence[str]) -> bytes | None
     """Training loss against the step, one line per stage; None without any per-step record."""
     curves = []
     for index, name in enumerate(domains, 1):
-        records = _jsonl(metrics_dir / f"pretrain_stage{index:02d}.jsonl")
+        records = read_jsonl(metrics_dir / f"pretrain_stage{index:02d}.jsonl")
         if records:
             by_step = {r["step"]: r["loss"] for r in records}   # a resumed stage may repeat steps
             steps = sorted(by_step)
@@ -92,7 +87,7 @@ def pretrain_loss_png(metrics_dir: Path, domains: Sequence[str]) -> bytes | None
 
 def heldout_loss_png(stages_jsonl: Path, domains: Sequence[str]) -> bytes | None:
     """Held-out MLM loss heatmap (rows: model after each stage; columns: domain)."""
-    records = sorted(_jsonl(stages_jsonl), key=lambda r: r["stage"])
+    records = sorted(read_jsonl(stages_jsonl), key=lambda r: r["stage"])
     if not records:
         return None
     values = np.array([[r["domains"].get(d, {}).get("mlm_loss", np.nan) for d in domains] for r in records], dtype=float)

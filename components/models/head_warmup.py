@@ -27,6 +27,7 @@ from components.config import ModelConfig
 from components.data.corpus_cache import load_corpus_blocks
 from components.data.domains import Domain
 from components.data.masking import MlmMasker
+from components.lock import locked
 from components.models.loading import load_masked_lm
 from components.models.masked_lm import MaskedLM
 
@@ -87,8 +88,14 @@ def prepare_base_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, cac
         settings["corpus"] = hashlib.sha256(Path(cfg.head_warmup.corpus).read_bytes()).hexdigest()
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
     final = cache_dir / "base_models" / key
-    if (final / "info.json").is_file():
-        return final / "model.safetensors", {**json.loads((final / "info.json").read_text()), "cache_hit": True}
+    with locked(cache_dir / "base_models" / f".{key}.lock", "base-model cache entry"):  # one creator at a time
+        if (final / "info.json").is_file():
+            return final / "model.safetensors", {**json.loads((final / "info.json").read_text()), "cache_hit": True}
+        return _make_base_model(hf, head_is_fresh, warm, cfg, tokenizer, cache_dir, seed, final)
+
+
+def _make_base_model(hf, head_is_fresh: bool, warm: bool, cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase,
+                     cache_dir: Path, seed: int, final: Path) -> tuple[Path, dict]:
     info = {"model": cfg.name, "head_was_fresh": head_is_fresh, "head_warmup": warm}
     if warm:
         t = time.perf_counter()

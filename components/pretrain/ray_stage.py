@@ -9,7 +9,6 @@ then returns its latest checkpoint, which wins over the hand-off from the previo
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
 
+from components.io import append_jsonl, read_jsonl
 from components.pretrain.loop import StageSpec, run_stage
 
 
@@ -67,15 +67,20 @@ def _worker(config: dict) -> None:
 
 class ProgressCallback(UserCallback):
     """Runs in the Train controller: appends every report to a JSONL file and prints a
-    progress line (step, loss, tokens/s, ETA)."""
+    progress line (step, loss, tokens/s, ETA). A step already in the file (replayed after a
+    restart from a checkpoint, in this process or an earlier one) is not appended again."""
 
     def __init__(self, jsonl: str, label: str):
         self.jsonl, self.label, self.t0 = jsonl, label, time.time()
+        self.last_step: int | None = None
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         m = metrics[0]
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps({**m, "time": time.time()}) + "\n")
+        if self.last_step is None:
+            self.last_step = max((r["step"] for r in read_jsonl(self.jsonl)), default=0)
+        if m["step"] > self.last_step:
+            append_jsonl(self.jsonl, {**m, "time": time.time()})
+            self.last_step = m["step"]
         done, total = m["step"], m["total_steps"]
         rate = m["tokens_per_s"]
         eta = (time.time() - self.t0) / max(done, 1) * (total - done)
