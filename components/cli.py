@@ -21,6 +21,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override one dotted key, e.g. --set pretrain.max_steps=20")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's own log lines too (Ray Train's per-report and checkpoint lines): "
+                             "the same as --set ray.log_level=INFO")
 
 
 def config_from_args(args: argparse.Namespace, fallback: Path | None = None) -> Config:
@@ -28,7 +31,7 @@ def config_from_args(args: argparse.Namespace, fallback: Path | None = None) -> 
     check_job_paths(getattr(args, "run_dir", None), files, args.overrides)
     if not files:
         raise InputError("no config given: pass --config FILE (e.g. pipelines/configs/default.yaml)")
-    return load_config(files, args.overrides)
+    return load_config(files, [*args.overrides, *(["ray.log_level=INFO"] if getattr(args, "verbose", False) else [])])
 
 
 def ray_job_submission_id() -> str | None:

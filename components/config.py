@@ -253,11 +253,14 @@ class TrackingConfig:
 @dataclass
 class RayConfig:
     """`storage_path`: Ray Train checkpoints (absolute path or URI); `results_uri`: a URI that
-    receives a copy of the run directory after every stage and row (components/results_mirror.py)."""
+    receives a copy of the run directory after every stage and row (components/results_mirror.py);
+    `log_level`: Ray's own log lines (WARNING hides Ray Train's per-report and checkpoint lines)."""
 
     address: str | None = None
     storage_path: str | None = None
     results_uri: str | None = None
+    # Ray's own log lines (Ray core and Ray Train's per-report / per-checkpoint lines); --verbose: INFO.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
 
 @dataclass

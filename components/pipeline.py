@@ -49,6 +49,7 @@ from components.pretrain.hprompt import check_prompt_fits, check_prompt_width
 from components.pretrain.loop import StageSpec, Tokens, steps_for
 from components.pretrain.plugin import StageInfo
 from components.pretrain.ray_stage import train_stage
+from components.progress import Progress, RunProgress
 from components.results_mirror import ResultsMirror, open_destination
 from components.run_dir import RunDir, check_same_run, git_sha, hardware, versions, write_config_and_manifest
 from components.tracking.wandb_tracker import Tracker
@@ -90,7 +91,12 @@ class Plan:
 def prepare(cfg: Config) -> Plan:
     """Validate everything that can be checked without training; raise InputError on the first problem."""
     domains = [localize_corpus(resolve_domain(d), cfg.data.cache_dir) for d in cfg.domains]
-    summaries = [validate_domain(d) for d in domains]
+    progress = Progress("validate", len(domains), "domains (every file read in full)", every_s=5.0)
+    summaries = []
+    for i, d in enumerate(domains, 1):
+        summaries.append(validate_domain(d))
+        progress.update(i, d.name)
+    progress.close()
     tokenizer = load_tokenizer(cfg.model.name)
     from transformers import AutoConfig
 
@@ -124,7 +130,7 @@ def init_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, log_to_driver=True, configure_logging=False,
+    ray.init(address=address, log_to_driver=True, configure_logging=False, logging_level=cfg.ray.log_level,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
                                        os.environ.get("HF_HUB_OFFLINE", "0")}} if not address else None)
 
@@ -194,6 +200,8 @@ class Pipeline:
         self.pending: dict = {}          # ObjectRef -> (stage, task, seed)
         self.stage_refs: dict[int, tuple] = {}
         self.mirror: ResultsMirror | None = None
+        self.rows: dict[int, Progress] = {}      # per anytime row: cells done / submitted
+        self.progress: RunProgress | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -204,8 +212,8 @@ class Pipeline:
             b = load_corpus_blocks(d, self.plan.tokenizer, cfg.model.block_size, cfg.data.cache_dir,
                                    cfg.data.heldout_fraction, cfg.data.max_corpus_docs, cfg.data.max_doc_chars)
             self.blocks[d.name] = b
-            print(f"data {d.name}: {len(b.train):,} train / {len(b.heldout):,} held-out blocks "
-                  f"({'cache hit' if b.cache_hit else 'tokenized'})", flush=True)
+            if b.cache_hit:  # else the tokenizer's own lines said it
+                print(f"data {d.name}: {len(b.train):,} train / {len(b.heldout):,} held-out blocks (cache hit)", flush=True)
         init_ray(cfg)
         manifest = {
             "git_sha": git_sha(), "versions": versions(), "seed": cfg.seed, "seeds": cfg.finetune.seeds,
@@ -219,6 +227,10 @@ class Pipeline:
                 "finetune": resolve_precision(cfg.finetune.precision, "cuda" if cfg.finetune.gpus_per_cell > 0 else "cpu")},
         }
         write_config_and_manifest(run, cfg, manifest)
+        cells = [] if self.pretrain_only else self.plan.cells
+        self.progress = RunProgress(len(self.names), len(cells),
+                                    int(ray.cluster_resources().get("CPU", 1) // cfg.finetune.cpus_per_cell),
+                                    cells_done=sum(run.cell(*c).is_file() for c in cells))
         self.tracker = Tracker(cfg.tracking, run.root, f"{cfg.name}-{run.root.name}",
                                {"config": to_dict(cfg), "manifest": manifest})
         if cfg.ray.results_uri:
@@ -281,6 +293,7 @@ class Pipeline:
         cfg, domain = self.cfg, self.names[index - 1]
         if self.stage_done(index):
             print(f"stage {index} ({domain}): finished earlier, skipping", flush=True)
+            self.progress.stage_finished(None)
             return
         p = cfg.pretrain
         total = self.plan.steps
@@ -320,6 +333,8 @@ class Pipeline:
                 shutil.copy(Path(src) / name, tmp / name)
         publish_dir(tmp, final)
         print(f"stage {index} ({domain}): done in {time.time() - t0:.0f}s", flush=True)
+        self.progress.stage_finished(time.time() - t0)
+        self.progress.report()
         if self.tracker:
             self.tracker.log_steps([json.loads(line) for line in jsonl.read_text().splitlines()])
 
@@ -334,6 +349,9 @@ class Pipeline:
             not self.run.cell(i, t, s).is_file() or (t in wants_expert and s == f.seeds[0]))]
         if not todo:
             return
+        row_cells = [c for c in self.plan.cells if c[0] == stage]
+        label = f"row {stage} ({'base' if stage == 0 else self.names[stage - 1]})"
+        self.rows[stage] = Progress(label, len(row_cells), "cells done", start=len(row_cells) - len(todo), every_s=0.0)
         weights = self.weights(stage)
         fingerprint = weights_fingerprint(weights)
         state, _ = self.plugin_state(stage)
@@ -359,9 +377,15 @@ class Pipeline:
             if state is not None:
                 self.save_expert(task, record, state)
             atomic_write_json(self.run.cell(i, task, seed), record)
-            print(f"cell stage {i} task {task} seed {seed}: accuracy {record['accuracy']:.3f} "
-                  f"macro-F1 {record['macro_f1']:.3f} ({record['wall_time_s']:.0f}s)"
-                  + "".join(f"\n  note: {n}" for n in record["notes"]), flush=True)
+            row = self.rows[i]
+            row.update(row.done + 1, f"{task} seed {seed}: accuracy {record['accuracy']:.3f} "
+                       f"macro-F1 {record['macro_f1']:.3f} ({record['wall_time_s']:.0f}s)")
+            for note in record["notes"]:
+                print(f"  note: {note}", flush=True)
+            self.progress.cell_finished(record["wall_time_s"])
+            if row.done == row.total:
+                row.close()
+                self.progress.report()
 
     def save_expert(self, task: str, record: dict, state: dict) -> None:
         cfg = self.cfg

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for row, values in zip(anytime["rows"], anytime["accuracy"]):
         print(f"{row:>{width}}  " + "  ".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in values))
     print("metrics (accuracy): " + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in m.items()))
-    for name in ("anytime.json", "anytime.csv", "anytime_heatmap.png", "report.md"):
+    for name in ("anytime.json", "anytime.csv", "anytime_heatmap.png", "report.md", "plots/"):
         print(f"  {run_dir / name}")
     return 0
 

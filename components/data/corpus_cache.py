@@ -25,6 +25,7 @@ from components.data.packing import pack_blocks
 from components.data.tokenization import encode_plain
 from components.errors import InputError
 from components.io import atomic_write_bytes, atomic_write_json, sha256_file
+from components.progress import Progress
 
 CACHE_FORMAT = 1
 _file_fingerprints: dict[tuple[str, int, int], str] = {}
@@ -130,7 +131,10 @@ def load_corpus_blocks(
 
     start = time.perf_counter()
     texts = read_corpus(domain, max_docs, max_doc_chars)
-    pairs = [(doc, tok) for doc, tok in zip(texts, encode_plain(tokenizer, texts)) if tok]
+    progress = Progress(f"tokenize {domain.name}", len(texts), "documents")
+    encoded = encode_plain(tokenizer, texts, on_batch=progress.update)
+    progress.close()
+    pairs = [(doc, tok) for doc, tok in zip(texts, encoded) if tok]
     docs, ids = [d for d, _ in pairs], [i for _, i in pairs]
     if len(docs) < 2:
         raise InputError(f"{domain.corpus_source}: corpus of domain '{domain.name}' needs at least 2 documents (one is held out), found {len(docs)}")
@@ -139,6 +143,8 @@ def load_corpus_blocks(
     train = pack_blocks([d for d, h in zip(ids, mask) if not h], block_size, *special)
     heldout = pack_blocks([d for d, h in zip(ids, mask) if h], block_size, *special)
     _write_blocks(path, train, heldout)
+    print(f"tokenize {domain.name}: {len(docs):,} documents -> {len(train):,} train / {len(heldout):,} held-out "
+          f"blocks of {block_size} tokens in {time.perf_counter() - start:.1f}s", flush=True)
     meta = {
         "domain": domain.name,
         "corpus": domain.corpus_source,

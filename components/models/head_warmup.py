@@ -30,6 +30,7 @@ from components.data.masking import MlmMasker
 from components.lock import locked
 from components.models.loading import load_masked_lm
 from components.models.masked_lm import MaskedLM
+from components.progress import Progress
 
 
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -58,7 +59,8 @@ def _warm_up(mlm: MaskedLM, blocks: np.ndarray, masker: MlmMasker, pad_id: int, 
     gen = torch.Generator().manual_seed(seed)
     mlm.train()
     losses = []
-    for _ in range(cfg.head_warmup.steps):
+    progress = Progress("stage 0: MLM-head warm-up", cfg.head_warmup.steps, "steps")
+    for step in range(cfg.head_warmup.steps):
         ids = torch.from_numpy(blocks[rng.integers(0, len(blocks), cfg.head_warmup.batch_size)].astype(np.int64))
         masked, labels = masker(ids, gen)
         with torch.no_grad():
@@ -68,6 +70,8 @@ def _warm_up(mlm: MaskedLM, blocks: np.ndarray, masker: MlmMasker, pad_id: int, 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        progress.update(step + 1, f"loss {np.mean(losses[-20:]):.3f}")
+    progress.close()
     for p in mlm.parameters():
         p.requires_grad_(True)
     k = max(1, len(losses) // 10)

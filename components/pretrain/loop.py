@@ -185,10 +185,7 @@ def run_stage(spec: StageSpec, session: Session) -> None:
     if restored is not None:
         meta = load_checkpoint(restored, objective, optimizer, scheduler)
         start, finished = meta["step"], meta["finished"]
-        print(f"[stage {stage.index} {stage.domain}] resuming the interrupted stage from its checkpoint at step {start}")
-    else:
-        print(f"[stage {stage.index} {stage.domain}] starting from the previous stage's weights "
-              f"with a fresh optimizer and schedule ({total} steps)")
+    # The driver says, from the first report, whether the stage resumed (`resumed_from`).
     if spec.arrays:  # shipped through the object store; plug-ins read them as worker-local files
         local = Path(tempfile.mkdtemp(prefix="anytime-cpt-arrays-"))
         for i, (key, arr) in enumerate(spec.arrays.items()):
@@ -231,7 +228,8 @@ def run_stage(spec: StageSpec, session: Session) -> None:
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         elapsed = time.perf_counter() - t0
-        metrics = {"stage": stage.index, "step": done, "total_steps": total, "loss": sum(sums.values()),
+        metrics = {"stage": stage.index, "step": done, "total_steps": total, "resumed_from": start,
+                   "loss": sum(sums.values()),
                    "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                    "tokens": tokens, "elapsed_s": elapsed, "bf16": int(precision == "bf16"),
                    "tokens_per_s": tokens / max(elapsed, 1e-9),
