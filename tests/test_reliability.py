@@ -226,19 +226,19 @@ def test_jsonl_tolerates_a_torn_last_line_and_appends_after_it(tmp_path):
 
 def test_replayed_steps_are_not_appended_twice(tmp_path):
     from components.io import read_jsonl
-    from components.pretrain.ray_stage import ProgressCallback
+    from components.pretrain.ray_stage import MetricsCallback
 
     path = tmp_path / "pretrain_stage01.jsonl"
 
     def report(cb, step):
         cb.after_report(None, [{"step": step, "total_steps": 4, "loss": 1.0, "tokens_per_s": 1.0}], None)
 
-    first = ProgressCallback(str(path), "stage 1")
+    first = MetricsCallback(str(path))
     for step in (1, 2, 3, 2, 3):       # a Train restart from the step-1 checkpoint replays 2 and 3
         report(first, step)
     with open(path, "a") as f:
         f.write('{"step": 4, "tot')      # the driver died mid-line
-    again = ProgressCallback(str(path), "stage 1")   # the next invocation resumes from step 2
+    again = MetricsCallback(str(path))   # the next invocation resumes from step 2
     for step in (3, 4):
         report(again, step)
     assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3, 4]

@@ -113,7 +113,8 @@ class StageProgress(threading.Thread):
     def __init__(self, jsonl: Path, label: str, poll_s: float = 0.5):
         super().__init__(daemon=True)
         self.jsonl, self.label, self.poll_s = jsonl, label, poll_s
-        self.offset = jsonl.stat().st_size if jsonl.is_file() else 0
+        # From the end of the last whole line: a torn one (a killed writer) is cut by the next append.
+        self.offset = jsonl.read_bytes().rfind(b"\n") + 1 if jsonl.is_file() else 0
         self.stop = threading.Event()
         self.progress: Progress | None = None
 
