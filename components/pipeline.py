@@ -25,7 +25,7 @@ import ray
 from safetensors.torch import load_file
 
 from components.checkpoint import load_tree, publish_dir, staging_dir
-from components.config import Config, to_dict
+from components.config import Config, stored_dict
 from components.data.corpus_cache import CorpusBlocks, load_corpus_blocks, task_fingerprints, tokenizer_fingerprint
 from components.data.domains import Domain, DomainSummary, localize_corpus, resolve_domain, validate_domain
 from components.data.masking import MlmMasker
@@ -37,7 +37,9 @@ from components.eval.matrix import build_matrix
 from components.eval.metrics import all_metrics, partial_metrics
 from components.eval.report import write_anytime_outputs
 from components.finetune.verbalizers import verbalizer_ids
-from components.io import atomic_write_json, read_json
+from components.data.remote import redact
+from components.io import append_jsonl, atomic_write_json, read_json, read_jsonl
+from components.lock import hold
 from components.methods import TaskInfo, build_task_model, distill_active, pooling_for
 from components.models.head_warmup import prepare_base_model, weights_fingerprint
 from components.models.loading import load_tokenizer, masked_lm_from_state
@@ -51,6 +53,7 @@ from components.pretrain.plugin import StageInfo
 from components.pretrain.ray_stage import train_stage
 from components.progress import Progress, RunProgress
 from components.results_mirror import ResultsMirror, open_destination
+from components.run.resources import check_cluster
 from components.run_dir import RunDir, check_same_run, git_sha, hardware, versions, write_config_and_manifest
 from components.tracking.wandb_tracker import Tracker
 
@@ -88,6 +91,19 @@ class Plan:
         return "\n".join(lines)
 
 
+def check_blocks(cfg: Config, domain: str, n_train: int, n_heldout: int) -> None:
+    """After tokenization: every pre-training worker needs a block of its own (an empty shard
+    gives a NaN loss), and the held-out diagnostics need at least one block."""
+    workers = cfg.pretrain.num_workers
+    if n_train < workers:
+        raise InputError(f"domain '{domain}': {n_train} training block(s) of {cfg.model.block_size} tokens for "
+                         f"pretrain.num_workers {workers}; every worker needs at least one (lower "
+                         "pretrain.num_workers or model.block_size, or give more text)")
+    if n_heldout == 0:
+        raise InputError(f"domain '{domain}': no held-out block of {cfg.model.block_size} tokens for the "
+                         "held-out diagnostics (raise data.heldout_fraction or give more text)")
+
+
 def prepare(cfg: Config) -> Plan:
     """Validate everything that can be checked without training; raise InputError on the first problem."""
     domains = [localize_corpus(resolve_domain(d), cfg.data.cache_dir) for d in cfg.domains]
@@ -107,6 +123,8 @@ def prepare(cfg: Config) -> Plan:
     if cfg.methods.hprompt.enabled:
         check_prompt_width(model_config)
         check_prompt_fits(cfg.model.block_size, cfg.methods.hprompt.prompt_length, max_pos - 2)
+        check_prompt_fits(cfg.finetune.max_length, cfg.methods.hprompt.prompt_length, max_pos - 2,
+                          "finetune.max_length")  # fine-tuning inputs carry the same prompts
     if cfg.model.block_size > max_pos - 2 or cfg.finetune.max_length > max_pos - 2:
         raise InputError(f"model.block_size / finetune.max_length: at most {max_pos - 2} for {cfg.model.name}")
     if cfg.model.head_warmup.mode != "never" and not Path(cfg.model.head_warmup.corpus).is_file():
@@ -207,6 +225,7 @@ class Pipeline:
 
     def setup(self) -> None:
         cfg, run = self.cfg, self.run
+        hold(run.root)  # a sweep trial's directory too; the CLI took the run directory's lock already
         check_same_run(run, cfg)
         for d in self.plan.domains:
             b = load_corpus_blocks(d, self.plan.tokenizer, cfg.model.block_size, cfg.data.cache_dir,
@@ -214,7 +233,9 @@ class Pipeline:
             self.blocks[d.name] = b
             if b.cache_hit:  # else the tokenizer's own lines said it
                 print(f"data {d.name}: {len(b.train):,} train / {len(b.heldout):,} held-out blocks (cache hit)", flush=True)
+            check_blocks(cfg, d.name, len(b.train), len(b.heldout))
         init_ray(cfg)
+        check_cluster(cfg)  # an impossible request is an error here, not a placement group waiting forever
         manifest = {
             "git_sha": git_sha(), "versions": versions(), "seed": cfg.seed, "seeds": cfg.finetune.seeds,
             "domain_order": self.names, "method": cfg.methods.name,
@@ -232,7 +253,7 @@ class Pipeline:
                                     int(ray.cluster_resources().get("CPU", 1) // cfg.finetune.cpus_per_cell),
                                     cells_done=sum(run.cell(*c).is_file() for c in cells))
         self.tracker = Tracker(cfg.tracking, run.root, f"{cfg.name}-{run.root.name}",
-                               {"config": to_dict(cfg), "manifest": manifest})
+                               {"config": stored_dict(cfg), "manifest": manifest})
         if cfg.ray.results_uri:
             self.mirror = ResultsMirror(run.root, cfg.ray.results_uri)
 
@@ -244,11 +265,11 @@ class Pipeline:
         try:
             n = self.mirror.sync()
         except OSError as exc:
-            print(f"warning: results copy to {self.mirror.uri} failed, retried at the next sync: "
-                  f"{str(exc).splitlines()[0]}", flush=True)
+            print(f"warning: results copy to {redact(self.mirror.uri)} failed, retried at the next sync: "
+                  f"{redact(str(exc).splitlines()[0])}", flush=True)
             return
         if n:
-            print(f"results: {n} file(s) copied to {self.mirror.uri}", flush=True)
+            print(f"results: {n} file(s) copied to {redact(self.mirror.uri)}", flush=True)
 
     def base_stage(self) -> None:
         final = self.run.stage(0, "base")
@@ -258,8 +279,8 @@ class Pipeline:
             tmp = staging_dir(final)
             shutil.copy(path, tmp / "model.safetensors")
             (tmp / "meta.json").write_text(json.dumps({"finished": True, "base": info}))
+            atomic_write_json(self.run.base_info, info)  # first: a kill between the two leaves no model without it
             publish_dir(tmp, final)
-            atomic_write_json(self.run.base_info, info)
         info = read_json(self.run.base_info)
         print("stage 0: base model " + (
             f"with its MLM head warmed up for {info.get('steps')} steps on general text "
@@ -336,7 +357,7 @@ class Pipeline:
         self.progress.stage_finished(time.time() - t0)
         self.progress.report()
         if self.tracker:
-            self.tracker.log_steps([json.loads(line) for line in jsonl.read_text().splitlines()])
+            self.tracker.log_steps(read_jsonl(jsonl))
 
     # ------------------------------------------------------------------ anytime rows
 
@@ -398,17 +419,14 @@ class Pipeline:
 
     def diagnostics(self, stage: int) -> None:
         path = self.run.metrics("stages.jsonl")
-        done = {json.loads(line)["stage"] for line in path.read_text().splitlines()} if path.is_file() else set()
-        if stage in done:
+        if stage in {r["stage"] for r in read_jsonl(path)}:
             return
         heldout = {n: self.blocks[n].heldout[:self.cfg.pretrain.eval_blocks] for n in self.names}
         out = ray.get(_diagnostics_task.options(num_cpus=self.cfg.finetune.cpus_per_cell,
                                                 scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
             self.cfg, self.weights(stage), heldout, self.tokens, cell_threads(self.cfg)))
         record = {"stage": stage, "row": "base" if stage == 0 else self.names[stage - 1], "domains": out}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_jsonl(path, record)
         losses = ", ".join(f"{n} {v['mlm_loss']:.3f}" for n, v in out.items())
         print(f"stage {stage}: held-out MLM loss {losses}", flush=True)
         if self.tracker:
@@ -416,12 +434,14 @@ class Pipeline:
 
     def log_partial(self, stage: int) -> None:
         cells = self.cell_records()
-        a = build_matrix(cells, self.names, len(self.names), "accuracy")
-        part = {"row_mean": float(np.nanmean(a[stage])), **partial_metrics(a, stage)}
+        score = self.cfg.sweep.score  # the sweep objective's score; W&B gets it under its name
+        a = build_matrix(cells, self.names, len(self.names), score)
+        row = a[stage][~np.isnan(a[stage])]
+        part = {"row_mean": float(row.mean()) if row.size else None, **partial_metrics(a, stage)}
         if stage == len(self.names):
             part.update(all_metrics(a))
         if self.tracker:
-            self.tracker.log_stage(stage, {f"accuracy/{k}": v for k, v in part.items()})
+            self.tracker.log_stage(stage, {f"{score}/{k}": v for k, v in part.items() if v is not None})
         if self.on_row:
             self.on_row(stage, part)
 
@@ -431,6 +451,7 @@ class Pipeline:
         return [read_json(p) for p in sorted((self.run.root / "cells").glob("*.json"))]
 
     def finish(self) -> dict:
+        print("report: writing anytime.json/.csv, heatmaps, plots, report.md", flush=True)
         anytime = write_report(self.cfg, self.run)
         if self.tracker:
             self.tracker.log_matrix(anytime, self.run.root / "anytime_heatmap.png",
@@ -469,10 +490,7 @@ class Pipeline:
 
 
 def diagnostics_table(run: RunDir, names: list[str]) -> dict:
-    path = run.metrics("stages.jsonl")
-    if not path.is_file():
-        return {}
-    records = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["stage"])
+    records = sorted(read_jsonl(run.metrics("stages.jsonl")), key=lambda r: r["stage"])
     keys = list(records[0]["domains"][names[0]].keys()) if records else []
     out = {}
     for k in keys:
@@ -488,8 +506,7 @@ def diagnostics_table(run: RunDir, names: list[str]) -> dict:
 def precision_summary(run: RunDir) -> str:
     """The precision actually used: pre-training from the per-step records, cells from theirs."""
     mdir = run.metrics("")
-    steps = [json.loads(line) for p in sorted(mdir.glob("pretrain_stage*.jsonl"))
-             for line in p.read_text().splitlines()[:1]] if mdir.is_dir() else []
+    steps = [r for p in sorted(mdir.glob("pretrain_stage*.jsonl")) for r in read_jsonl(p)[:1]] if mdir.is_dir() else []
     cells = {read_json(p).get("precision", "fp32") for p in (run.root / "cells").glob("*.json")}
     pre = sorted({"bf16" if s.get("bf16") else "fp32" for s in steps}) or ["n/a"]
     return f"pre-training {'/'.join(pre)}, fine-tuning cells {'/'.join(sorted(cells)) or 'n/a'}"

@@ -2,23 +2,30 @@
 
 The run directory stays the source of truth (atomic local writes, resume); after every stage,
 every anytime row and at the end the pipeline calls `sync()`, which uploads through `pyarrow.fs`
-each file that is new or changed since its last upload (size and mtime, remembered in
+each file of the run's own layout (`RunDir.own_files`: never anything else under `--run-dir`)
+that is new or changed since its last upload (size and mtime, remembered in
 `<run-dir>/.mirror.json`, so a resumed run does not upload finished stages again). Hidden
 files (temp files of atomic writes, the state file) and Ray's own checkpoint storage are left
-out; `ray.storage_path` puts Ray Train checkpoints on object storage directly.
+out; `ray.storage_path` puts Ray Train checkpoints on object storage directly. A sweep trial
+mirrors to `<results_uri>/trials/<trial id>` (`uri_join`), so trials never share a prefix.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from components.data.remote import copy_stream, filesystem
 from components.errors import InputError
 from components.io import atomic_write_json, read_json
+from components.run_dir import RunDir
 
 STATE = ".mirror.json"
-SKIP_DIRS = {"ray_storage"}
+
+
+def uri_join(uri: str, *parts: str) -> str:
+    """`uri` with path `parts` appended before any query string (s3://b/p?region=x -> s3://b/p/a?region=x)."""
+    path, sep, query = uri.partition("?")
+    return "/".join([path.rstrip("/"), *parts]) + sep + query
 
 
 def open_destination(uri: str):
@@ -40,18 +47,10 @@ class ResultsMirror:
         state = root / STATE
         self.sent: dict[str, list[int]] = read_json(state) if state.is_file() else {}
 
-    def _files(self):
-        for folder, dirs, files in os.walk(self.root):
-            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
-            for name in sorted(files):
-                if not name.startswith("."):
-                    path = Path(folder) / name
-                    yield path.relative_to(self.root).as_posix(), path
-
     def sync(self) -> int:
         """Upload new or changed files; return how many were uploaded."""
         uploaded = 0
-        for rel, path in self._files():
+        for rel, path in RunDir(self.root).own_files():
             stat = path.stat()
             stamp = [stat.st_size, stat.st_mtime_ns]
             if self.sent.get(rel) == stamp:

@@ -21,10 +21,14 @@ from pathlib import Path
 
 import yaml
 
-from components.config import REPO_ROOT, Config, dump_yaml, to_dict
+from components.config import REPO_ROOT, Config, dump_yaml, stored_dict
 from components.errors import InputError
 from components.io import atomic_write_json, atomic_write_text
 
+# The run's own files (all the results mirror copies): top-level outputs and layout folders.
+OWN_FILES = ("config.yaml", "manifest.json", "base.json", "anytime.json", "anytime.csv", "anytime_heatmap.png",
+             "report.md", "wall_time.json", "wandb_id.txt")
+OWN_DIRS = ("stages", "metrics", "cells", "experts", "plots", "wandb")
 PACKAGES = ("torch", "transformers", "ray", "datasets", "pyarrow", "wandb", "numpy", "safetensors")
 # Keys that may change between invocations on the same run directory.
 VOLATILE = {("tracking",), ("ray",), ("eval", "asynchronous"), ("finetune", "cpus_per_cell"),
@@ -56,6 +60,18 @@ class RunDir:
     def metrics(self, name: str) -> Path:
         return self.root / "metrics" / name
 
+    def own_files(self):
+        """(relative path, path) of every file of the run's own layout (what the results mirror
+        copies): the top-level outputs and the layout's folders, nothing else in the directory."""
+        for name in OWN_FILES:
+            if (self.root / name).is_file():
+                yield name, self.root / name
+        for folder in OWN_DIRS:
+            for path in sorted((self.root / folder).rglob("*")):
+                rel = path.relative_to(self.root)
+                if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    yield rel.as_posix(), path
+
     @property
     def storage_path(self) -> Path:
         return self.stages_root / "ray_storage"
@@ -77,7 +93,7 @@ def check_same_run(run: RunDir, cfg: Config) -> None:
     if not saved.is_file():
         return
     old = _strip(yaml.safe_load(saved.read_text()))
-    new = _strip(to_dict(cfg))
+    new = _strip(stored_dict(cfg))  # as stored: project-relative inputs, redacted URIs
     if old != new:
         diff = sorted(_diff(old, new))[:5]
         raise InputError(f"{run.root}: holds a run with a different config (changed: {', '.join(diff)}); "

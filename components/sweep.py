@@ -35,6 +35,7 @@ import yaml
 
 from components.config import Config, config_from_dict, dump_yaml, leaf_keys, set_dotted, to_dict
 from components.errors import InputError
+from components.results_mirror import uri_join
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
 SEARCHERS = ("random", "optuna", "hyperopt")
@@ -140,8 +141,10 @@ def pretrain_key(cfg: Config) -> str:
 
 
 def objective(metric: str, part: dict) -> float:
+    """`metric` of the partial matrix, else the latest row's mean, else NaN (every cell null)."""
     value = part.get(metric)
-    return float(value if value is not None else part["row_mean"])
+    value = value if value is not None else part["row_mean"]
+    return float("nan") if value is None else float(value)
 
 
 def trial_config(base: dict, params: dict) -> Config:
@@ -160,7 +163,10 @@ def run_trial(params: dict, base: dict, sweep_dir: str, shared_stages: str | Non
     from components.pipeline import Pipeline, prepare
 
     cfg = trial_config(base, params)
-    trial_dir = Path(sweep_dir) / "trials" / tune.get_context().get_trial_id()
+    trial_id = tune.get_context().get_trial_id()
+    trial_dir = Path(sweep_dir) / "trials" / trial_id
+    if cfg.ray.results_uri:  # each trial its own prefix: trials never overwrite each other's copy
+        cfg.ray.results_uri = uri_join(cfg.ray.results_uri, "trials", trial_id)
     metric = cfg.sweep.metric
 
     def on_row(stage: int, part: dict) -> None:

@@ -3,6 +3,7 @@ resume the Tuner, write sweep.json / best.yaml, log the results table to W&B."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,17 +43,23 @@ def run_sweep(cfg: Config, sweep_plan: SweepPlan, sweep_dir: Path, num_samples: 
     from ray.tune.schedulers import ASHAScheduler
 
     from components.pipeline import Pipeline, init_ray
+    from components.results_mirror import uri_join
+    from components.run.resources import check_cluster
 
     space, algo, plan = sweep_plan.space, sweep_plan.algo, sweep_plan.plan
     sweep_dir.mkdir(parents=True, exist_ok=True)
     init_ray(cfg)
+    check_cluster(cfg)
     base = to_dict(cfg)
     base["tracking"]["group"] = cfg.tracking.group or f"sweep-{sweep_dir.name}"
     shared = None
     if shares_pretraining(space, cfg):
         shared = sweep_dir / f"pretrain-{pretrain_key(cfg)}"
         print(f"the space touches fine-tuning keys only: pre-training once in {shared}", flush=True)
-        Pipeline(cfg, shared, plan, pretrain_only=True).execute()
+        shared_cfg = copy.deepcopy(cfg)   # its own results prefix, next to the trials'
+        if cfg.ray.results_uri:
+            shared_cfg.ray.results_uri = uri_join(cfg.ray.results_uri, shared.name)
+        Pipeline(shared_cfg, shared, plan, pretrain_only=True).execute()
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, sweep_dir=str(sweep_dir), shared_stages=str(shared) if shared else None),
         {"cpu": 0, "memory": 1_000_000})  # a token bundle: the trial's stages and cells bring their own resources

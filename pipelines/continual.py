@@ -36,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.lock import hold
     from components.pipeline import Pipeline, prepare, write_report
-    from components.run_dir import RunDir
+    from components.run_dir import RunDir, check_same_run
 
     if run_dir is not None and not args.dry_run:
         hold(run_dir)  # one pipeline per run directory; before any work
     if args.eval_only:
         if run_dir is None:
             raise InputError("--eval-only needs --run-dir")
+        check_same_run(RunDir(run_dir), cfg)  # another config would report the wrong domains or seeds
         anytime = write_report(cfg, RunDir(run_dir))
         print(f"report rewritten: {run_dir / 'report.md'}; A_all {anytime['metrics']['accuracy']['A_all']}")
         return 0

@@ -262,3 +262,172 @@ def test_sweep_dry_run_validates_everything_and_runs_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run_main(lambda: main([*argv, "--set", "sweep.metric=A_sen"]))
     assert e.value.code == 2 and "did you mean 'A_seen'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the run loop
+
+
+def test_lengths_plus_prompt_must_fit_the_model_positions(tmp_path, capsys, domain):  # noqa: F811
+    cfg = config_for(tmp_path, domain, "methods: {hprompt: {enabled: true, prompt_length: 16}}\n"
+                                       "finetune: {max_length: 500}\nmodel: {block_size: 64}\n")
+    expect_error(tmp_path, capsys, cfg, "16 prompt slots + finetune.max_length 500 = 516 positions")
+
+
+def test_fewer_train_blocks_than_workers_is_refused():
+    from components.pipeline import check_blocks
+
+    cfg = load_config([DEFAULT], ["pretrain.num_workers=4"])
+    check_blocks(cfg, "acl", 4, 1)
+    with pytest.raises(InputError, match="domain 'acl': 3 training block.* pretrain.num_workers 4"):
+        check_blocks(cfg, "acl", 3, 1)
+    with pytest.raises(InputError, match="domain 'acl': no held-out block"):
+        check_blocks(cfg, "acl", 10, 0)
+
+
+def test_impossible_resource_requests_are_refused():
+    from components.run.resources import check_resources, placeable
+
+    node = {"CPU": 2.0, "memory": 1e9}
+    assert placeable([node], {"CPU": 0.66}) == 3 and placeable([node, node], {"CPU": 2.0}) == 2
+    check_resources(load_config([DEFAULT]), [node])                  # the default config fits 2 CPUs
+    gpu = load_config([DEFAULT], ["pretrain.use_gpu=true"])
+    with pytest.raises(InputError, match=r"pre-training .* needs 1 x \{CPU 2, GPU 1\}.*\(CPU 2\) hold only 0"):
+        check_resources(gpu, [node])
+    wide = load_config([DEFAULT], ["pretrain.num_workers=2"])         # 2 x 2 CPUs: two nodes, not one
+    with pytest.raises(InputError, match="needs 2 x"):
+        check_resources(wide, [node])
+    check_resources(wide, [node, node])
+    with pytest.raises(InputError, match="an anytime cell .* needs 1 x"):
+        check_resources(load_config([DEFAULT], ["finetune.cpus_per_cell=4"]), [node, node])
+    # an autoscaler: what it can scale to counts, not the nodes up now
+    check_resources(gpu, [], limits={"CPU": 16, "GPU": 1})
+    with pytest.raises(InputError, match="autoscaler can provide at most GPU 0"):
+        check_resources(gpu, [node], limits={"CPU": 16})
+
+
+def test_impossible_request_fails_fast_on_a_live_cluster(ray_session):
+    from components.run.resources import check_cluster
+
+    check_cluster(load_config([DEFAULT], ["pretrain.cpus_per_worker=1"]))
+    with pytest.raises(InputError, match="GPU"):
+        check_cluster(load_config([DEFAULT], ["pretrain.use_gpu=true"]))
+
+
+def test_eval_only_with_another_config_is_refused(tmp_path, capsys):
+    from components.run_dir import RunDir, write_config_and_manifest
+
+    run_dir = tmp_path / "run"
+    write_config_and_manifest(RunDir(run_dir), load_config([DEFAULT]), {})
+    (run_dir / "cells").mkdir()
+    code, out, err = run_cli(["--config", str(DEFAULT), "--run-dir", str(run_dir), "--eval-only",
+                              "--set", "finetune.seeds=[0, 1]"], capsys)
+    assert code == 2 and "holds a run with a different config (changed: finetune.seeds)" in err
+    assert not (run_dir / "anytime.json").exists()
+
+
+def test_resubmission_from_a_moved_working_dir_is_the_same_run(tmp_path, monkeypatch):
+    """Under `ray job submit` the project is a fresh temporary copy each time: config.yaml
+    stores project inputs relative to it, so the same command on the same run dir matches."""
+    import shutil
+
+    import components.config as config
+    from components.run_dir import RunDir, check_same_run, write_config_and_manifest
+
+    run = RunDir(tmp_path / "run")
+    for copy in ("job_a", "job_b"):
+        shutil.copytree(REPO_ROOT / "data/laptop", tmp_path / copy / "data/laptop")
+        monkeypatch.setattr(config, "REPO_ROOT", tmp_path / copy)
+        cfg = load_config([DEFAULT], ["domains=[{name: laptop, path: data/laptop}]",   # outputs: absolute in a job
+                                      f"data.cache_dir={tmp_path / 'cache'}"], base_dir=tmp_path / copy)
+        assert cfg.domains[0].path == str(tmp_path / copy / "data/laptop")
+        check_same_run(run, cfg)
+        write_config_and_manifest(run, cfg, {})
+    assert "path: data/laptop" in (run.root / "config.yaml").read_text()
+
+
+def test_base_model_survives_a_kill_between_any_two_files(tmp_path, tiny_model_dir, monkeypatch):
+    """A crash injected after each file operation of stage 0 (base.json, the published model):
+    the next invocation finishes it (it used to find the model without base.json, for ever)."""
+    from types import SimpleNamespace
+
+    import components.pipeline as execute
+    from components.models.loading import load_tokenizer
+    from components.run_dir import RunDir
+
+    cfg = load_config([DEFAULT], [f"model.name={tiny_model_dir}", "model.head_warmup.mode=never",
+                                  f"data.cache_dir={tmp_path / 'cache'}"])
+    for name in ("atomic_write_json", "publish_dir"):
+        holder = SimpleNamespace(cfg=cfg, run=RunDir(tmp_path / name), plan=SimpleNamespace(tokenizer=load_tokenizer(str(tiny_model_dir))))
+        real = getattr(execute, name)
+
+        def crash_after(*args, real=real, **kwargs):
+            real(*args, **kwargs)
+            raise KeyboardInterrupt("killed")
+
+        monkeypatch.setattr(execute, name, crash_after)
+        with pytest.raises(KeyboardInterrupt):
+            execute.Pipeline.base_stage(holder)
+        monkeypatch.setattr(execute, name, real)
+        execute.Pipeline.base_stage(holder)
+        assert holder.run.base_info.is_file() and (holder.run.stage(0, "base") / "model.safetensors").is_file()
+
+
+def test_mirror_uploads_only_the_runs_own_files(tmp_path):
+    from components.results_mirror import ResultsMirror, uri_join
+
+    run = tmp_path / "home"                      # --run-dir ~ : the home folder holds much else
+    (run / "cells").mkdir(parents=True)
+    (run / "cells/s00-a-seed0.json").write_text("{}")
+    (run / "anytime.json").write_text("{}")
+    (run / ".ssh").mkdir()
+    (run / ".ssh/id_rsa").write_text("private")
+    (run / "Documents").mkdir()
+    (run / "Documents/taxes.pdf").write_text("private")
+    (run / "notes.txt").write_text("private")
+    dest = tmp_path / "bucket"
+    assert ResultsMirror(run, dest.as_uri()).sync() == 2
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == \
+        ["anytime.json", "cells/s00-a-seed0.json"]
+    assert uri_join("s3://b/p/?region=eu", "trials", "t1") == "s3://b/p/trials/t1?region=eu"
+
+
+def test_sweep_trials_mirror_to_their_own_prefix(monkeypatch):
+    from types import SimpleNamespace
+
+    import components.pipeline as execute
+    from components.config import to_dict
+    from components.sweep import run_trial
+    from ray import tune
+
+    seen = []
+
+    class FakePipeline:
+        def __init__(self, cfg, run_dir, *args, **kwargs):
+            seen.append((cfg.ray.results_uri, run_dir.name))
+
+        def execute(self):
+            return None
+
+    monkeypatch.setattr(execute, "Pipeline", FakePipeline)
+    monkeypatch.setattr(execute, "prepare", lambda cfg: None)
+    base = to_dict(load_config([DEFAULT], ["ray.results_uri=s3://bucket/sweep?region=eu"]))
+    for trial in ("t1", "t2"):
+        monkeypatch.setattr(tune, "get_context", lambda trial=trial: SimpleNamespace(get_trial_id=lambda: trial))
+        run_trial({}, base, "/tmp/sweep", None)
+    assert seen == [("s3://bucket/sweep/trials/t1?region=eu", "t1"), ("s3://bucket/sweep/trials/t2?region=eu", "t2")]
+
+
+def test_sweep_score_is_the_objectives_score():
+    from types import SimpleNamespace
+
+    from components.pipeline import Pipeline
+
+    cells = [{"stage": i, "task": t, "seed": 0, "accuracy": 0.8, "macro_f1": 0.4 if t == "a" else None}
+             for i in range(3) for t in ("a", "b")]
+    rows = []
+    for score, expected in (("accuracy", 0.8), ("macro_f1", None)):
+        holder = SimpleNamespace(cfg=load_config([DEFAULT], [f"sweep.score={score}"]), names=["a", "b"],
+                                 tracker=None, cell_records=lambda: cells, on_row=lambda s, p: rows.append(p))
+        Pipeline.log_partial(holder, 2)
+        assert rows[-1]["A_all"] == expected          # macro_f1: one null cell makes A_all undefined
+    assert rows[-1]["row_mean"] == pytest.approx(0.4)  # the mean of the row's defined cells

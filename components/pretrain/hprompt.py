@@ -72,13 +72,14 @@ __all__ = [
 # ----------------------------------------------------------------------------- checks
 
 
-def check_prompt_fits(block_size: int, prompt_length: int, max_positions: int) -> None:
-    """Raise InputError unless `prompt_length` prompt slots + `block_size` tokens fit the model."""
+def check_prompt_fits(block_size: int, prompt_length: int, max_positions: int, key: str = "model.block_size") -> None:
+    """Raise InputError unless `prompt_length` prompt slots + `block_size` tokens (the config's
+    `key`: pre-training blocks, or fine-tuning's `finetune.max_length`) fit the model."""
     if block_size + prompt_length > max_positions:
         raise InputError(
-            f"methods.hprompt.prompt_length: {prompt_length} prompt slots + model.block_size {block_size} "
+            f"methods.hprompt.prompt_length: {prompt_length} prompt slots + {key} {block_size} "
             f"= {block_size + prompt_length} positions, but the model has only {max_positions}; "
-            f"lower methods.hprompt.prompt_length or model.block_size to at most {max_positions} in total"
+            f"lower methods.hprompt.prompt_length or {key} to at most {max_positions} in total"
         )
 
 
