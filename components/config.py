@@ -159,6 +159,9 @@ class HPromptConfig:
     margin: float = field(default=0.5, metadata=_range(-1, 1))
     noise_scale: float = field(default=1.0, metadata=_range(0))
     momentum: float = field(default=0.99, metadata=_range(0, 1))
+    query_view: Literal["visible", "masked"] = "visible"  # pre-training query: unmasked tokens only, or the masked block
+    virtual_negative: bool = False      # first domain: the virtual-query prompt as L_dis's negative
+    stop_grad_negative: bool = True     # no gradient through the disagreement negative (earlier prompts)
     freeze_hypernet_at_finetune: bool = True
     freeze_backbone_at_finetune: bool = False
 
@@ -183,11 +186,13 @@ class CocaConfig:
     enabled: bool = False
     alpha: float = field(default=1.0, metadata=_range(0))
     beta: float = field(default=1.0, metadata=_range(0))
-    epsilon: float = field(default=1.0e-3, metadata=_range(0))
+    radius: Literal["per_token", "absolute"] = "per_token"  # per_token: epsilon etc. are fractions of ||E(x)_t||
+    epsilon: float = field(default=0.05, metadata=_range(0))
     steps: int = field(default=1, metadata=_range(0, 20))
-    step_size: float = field(default=1.0e-3, metadata=_range(0))
-    noise_std: float = field(default=1.0e-5, metadata=_range(0))
+    step_size: float = field(default=0.05, metadata=_range(0))
+    noise_std: float = field(default=1.0e-3, metadata=_range(0))
     divergence: Literal["sym_kl", "js"] = "sym_kl"
+    ramp: float = field(default=0.0, metadata=_range(0, 1))  # beta reaches full weight after this fraction of steps
 
 
 @dataclass

@@ -221,7 +221,8 @@ def test_disagreement_positive_when_prototype_prompt_is_the_own_prompt():
 def test_each_term_reaches_the_hypernetwork(term, with_prototype):
     base = tiny()
     model = copy.deepcopy(base).train()
-    plugin = plugin_for(base, margin=-1.0).train()  # margin -1: the hinge is active
+    # margin -1: the hinge is active; without a prototype only the virtual negative gives L_dis one
+    plugin = plugin_for(base, margin=-1.0, virtual_negative=not with_prototype).train()
     if with_prototype:
         plugin.memory.add_prototype("a", torch.randn(D))
         plugin.begin_stage(stage(2, "b"), model)
@@ -402,3 +403,60 @@ def test_statistics_and_prototypes_are_identical_across_ranks():
     torch.testing.assert_close(r0["var"], allq.var(0, unbiased=False), atol=1e-5, rtol=1e-4)
     ps = [enc(batch(5 + 2 * r, seed=20 + r)["input_ids"], batch(5 + 2 * r, seed=20 + r)["attention_mask"])[0] for r in (0, 1)]
     torch.testing.assert_close(r0["proto"][0], torch.cat(ps).mean(0), atol=1e-5, rtol=1e-4)
+
+
+def test_first_domain_has_no_disagreement_unless_the_virtual_negative_is_asked_for():
+    base = tiny()
+    model = copy.deepcopy(base).train()
+    calls = []
+    encode = model.encode
+    model.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    default = plugin_for(base, lambda_agree=0.0, margin=-1.0).train()
+    default.begin_stage(stage(1, "a"), model)
+    _, terms = step_terms(default, model, batch())
+    assert torch.equal(terms["disagree"], torch.zeros(())) and len(calls) == 1  # no negative, no extra forward
+    virtual = plugin_for(base, lambda_agree=0.0, margin=-1.0, virtual_negative=True).train()
+    virtual.begin_stage(stage(1, "a"), model)
+    _, terms = step_terms(virtual, model, batch())
+    assert float(terms["disagree"].detach()) > 0 and len(calls) == 3
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_stop_gradient_keeps_the_disagreement_off_the_earlier_prompt(stop):
+    """With stop_grad_negative the hypernetwork's L_dis gradient is exactly that of the own
+    prompt's branch (the prototype's prompt P(c_k) gets none); without it, it is not."""
+    base = tiny()
+    model = copy.deepcopy(base).eval()
+    plugin = plugin_for(base, lambda_agree=0.0, lambda_dis=1.0, margin=-1.0, stop_grad_negative=stop).eval()
+    plugin.memory.add_prototype("a", torch.randn(D))
+    plugin.begin_stage(stage(2, "b"), model)
+    b = batch()
+    hidden, terms = step_terms(plugin, model, b)
+    params = list(plugin.generator.hypernet.parameters())
+    got = torch.autograd.grad(terms["disagree"], params)
+    with torch.no_grad():
+        proto = plugin.generator.hypernet(plugin.memory.prototypes[:1]).expand(b["input_ids"].shape[0], -1, -1)
+        neg = mean_pool(model.encode(model.embed(b["input_ids"]), b["attention_mask"], proto), b["attention_mask"])
+    hidden, _ = step_terms(plugin, model, b)
+    own_only = torch.autograd.grad(disagreement_loss(mean_pool(hidden, b["attention_mask"]), neg, -1.0), params)
+    same = all(torch.allclose(g, o, atol=1e-7) for g, o in zip(got, own_only))
+    assert same == stop
+
+
+@pytest.mark.parametrize("view", ["visible", "masked"])
+def test_query_view(view):
+    """"visible": the query reads only the positions the MLM does not predict, so what stands at
+    the predicted positions ([MASK], a random token, the true token) cannot reach the prompt;
+    "masked" (the first implementation) pools the masked block, [MASK] tokens included."""
+    base = tiny()
+    plugin = plugin_for(base, query_view=view).eval()
+    b = batch(pad_from=None)
+    b["labels"][:, 5] = b["input_ids"][:, 5]
+    other = dict(b, input_ids=b["input_ids"].clone())
+    other["input_ids"][:, [2, 5]] = 3  # different tokens at the predicted positions only
+    ctx, ctx_other = {}, {}
+    plugin.prefix(base, b, ctx)
+    plugin.prefix(base, other, ctx_other)
+    same = torch.allclose(ctx["hprompt/query"], ctx_other["hprompt/query"], atol=1e-6)
+    assert same == (view == "visible")
+    assert not torch.allclose(ctx["hprompt/teacher"], ctx_other["hprompt/teacher"])  # teacher: the MLM's input

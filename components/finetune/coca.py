@@ -9,15 +9,25 @@ plug-in adds
 
     D = KL(p||q) + KL(q||p)  ("sym_kl")  or  1/2 KL(p||m) + 1/2 KL(q||m), m = (p + q) / 2  ("js")
 
-delta* [B, T, d] perturbs the input embeddings; it approximately maximises D within the ball
-||delta_i|| <= epsilon (L2 norm over example i's whole [T, d] slice, padding positions zero):
-K steps of normalised projected gradient ascent from Gaussian noise (SMART / VAT style),
+delta* [B, T, d] perturbs the input embeddings E(x); it approximately maximises D within a ball,
+by K steps of normalised projected gradient ascent from Gaussian noise (SMART / VAT style).
+The ball (`radius`):
 
-    delta_0 = P(noise_std * N(0, I)),  delta_{k+1} = P(delta_k + step_size * g_k / ||g_k||),
-    g_k = dD/d delta at delta_k,  P(delta) = delta * min(1, epsilon / ||delta||)  per example.
+    "per_token" (default): ||delta_t|| <= epsilon * ||E(x)_t|| for every token t: epsilon is a
+        fraction of each token's own embedding norm, and step_size and noise_std are too:
+        delta_0 = P(noise_std * ||E(x)_t|| * u_t),  u_t ~ N(0, I_d) / sqrt(d)
+        delta_{k+1} = P(delta_k + step_size * ||E(x)_t|| * g_t / ||g_t||)   (per token)
+    "absolute" (as first implemented): ||delta_i|| <= epsilon, the L2 norm of example i's whole
+        [T, d] slice, with absolute step_size / noise_std and the step normalised per example.
+        With MiniLM (token norm ~1.2) epsilon = 1e-3 is ~1e-4 of ||E(x_i)||: the ascent then
+        barely moves D and the term is the divergence at the clean input (docs/methods.md).
 
+g_k = dD/d delta at delta_k; P zeroes padding positions and scales into the ball.
 The ascent passes run the model in its current mode (dropout on in training) and take
 gradients with respect to delta only; the parameters get gradient from the final D(delta*).
+The consistency weight may be ramped in (`ramp`): beta_s = beta * min(1, s / (ramp * S)) at
+fine-tuning step s of S (ramp = 0: full weight from the first step), so the pre-defined head is
+trained by its cross-entropy before the task head is pulled towards it.
 Cost per step: K + 1 extra forwards and K + 1 extra backwards (K with respect to delta only, one
 inside the main backward), counted in extra_forwards / extra_backwards; none when beta = 0.
 alpha = 0 skips the pre-defined cross-entropy; alpha = beta = 0 is exactly the baseline.
@@ -58,11 +68,26 @@ def head_divergence(model: TaskModel, out: TaskOutput, kind: Divergence) -> torc
     return divergence(out.logits, model.predefined_logits(out), kind)
 
 
-def project(delta: torch.Tensor, mask: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Zero padding positions (mask [B, T, 1]) and scale each example into ||delta_i|| <= epsilon."""
+Radius = Literal["per_token", "absolute"]
+
+
+def project(delta: torch.Tensor, mask: torch.Tensor, epsilon: float | torch.Tensor,
+            radius: Radius = "absolute") -> torch.Tensor:
+    """Zero padding positions (mask [B, T, 1]) and scale into the ball: "absolute" ||delta_i||
+    <= epsilon per example; "per_token" ||delta_t|| <= epsilon[b, t] ([B, T, 1] bounds)."""
     delta = delta * mask
+    if radius == "per_token":
+        norms = delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return delta * (epsilon / norms).clamp(max=1.0)
     norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
     return delta * (epsilon / norms).clamp(max=1.0).view(-1, 1, 1)
+
+
+def _unit(g: torch.Tensor, radius: Radius) -> torch.Tensor:
+    """g scaled to unit norm per token ("per_token") or per example ("absolute")."""
+    if radius == "per_token":
+        return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
 
 
 def adversarial_delta(
@@ -73,19 +98,24 @@ def adversarial_delta(
     step_size: float,
     noise_std: float,
     kind: Divergence,
+    radius: Radius = "absolute",
 ) -> torch.Tensor:
     """delta* [B, T, d] (detached): `steps` normalised ascent steps on D, projected (module doc)."""
     table = model.mlm.backbone.get_input_embeddings().weight
     noise = torch.randn(*batch.input_ids.shape, table.shape[1], device=table.device, dtype=table.dtype)
     mask = batch.attention_mask.unsqueeze(-1).to(table.dtype)
-    delta = project(noise_std * noise, mask, epsilon)
+    scale: float | torch.Tensor = 1.0
+    if radius == "per_token":  # every length below is a fraction of the token's own embedding norm
+        with torch.no_grad():
+            scale = model.mlm.embed(batch.input_ids).norm(dim=-1, keepdim=True).to(table.dtype)
+        noise = noise / math.sqrt(table.shape[1])
+    bound = epsilon * scale
+    delta = project(noise_std * scale * noise, mask, bound, radius)
     for _ in range(steps):
         delta.requires_grad_(True)
         d = head_divergence(model, model(batch, delta), kind).sum()
         (grad,) = torch.autograd.grad(d, delta)
-        grad = grad * mask
-        grad_norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
-        delta = project(delta.detach() + step_size * grad / grad_norms, mask, epsilon)
+        delta = project(delta.detach() + step_size * scale * _unit(grad * mask, radius), mask, bound, radius)
     return delta.detach()
 
 
@@ -105,6 +135,12 @@ class Coca(FinetunePlugin):
                 "(set finetune.coca.enabled: false)"
             )
         self.cfg = cfg
+        self.beta_scale = 1.0  # the ramp's factor at the current step (set_progress)
+
+    def set_progress(self, step: int, total: int) -> None:
+        """beta_s / beta = min(1, s / (ramp * S)) (1 when ramp = 0)."""
+        ramp = self.cfg.ramp * total
+        self.beta_scale = 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
     def loss_terms(self, model: TaskModel, batch: TaskBatch, out: TaskOutput) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -119,11 +155,12 @@ class Coca(FinetunePlugin):
             )
         if cfg.alpha > 0:
             terms["predefined"] = cfg.alpha * F.cross_entropy(model.predefined_logits(out).float(), batch.labels)
-        if cfg.beta > 0:
+        beta = cfg.beta * self.beta_scale
+        if beta > 0:
             delta = adversarial_delta(
-                model, batch, cfg.epsilon, cfg.steps, cfg.step_size, cfg.noise_std, cfg.divergence
+                model, batch, cfg.epsilon, cfg.steps, cfg.step_size, cfg.noise_std, cfg.divergence, cfg.radius
             )
-            terms["consistency"] = cfg.beta * head_divergence(model, model(batch, delta), cfg.divergence).mean()
+            terms["consistency"] = beta * head_divergence(model, model(batch, delta), cfg.divergence).mean()
             self.extra_forwards += cfg.steps + 1
             self.extra_backwards += cfg.steps + 1
         return terms

@@ -131,6 +131,8 @@ def finetune(
     while step < total:
         for b in batches(train, cfg.batch_size, rng.permutation(n)):
             b = b.to(device)
+            for p in plugins:
+                p.set_progress(step, total)
             with autocast_for(device, cfg.precision):
                 out = model(b)
                 loss = task_loss(out.logits, b.labels, regression)

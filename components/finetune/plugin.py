@@ -23,5 +23,8 @@ class FinetunePlugin(nn.Module):
         self.extra_forwards = 0
         self.extra_backwards = 0
 
+    def set_progress(self, step: int, total: int) -> None:
+        """Called by the loop before each step s = 0 .. total - 1 (for weights that follow a schedule)."""
+
     def loss_terms(self, model: TaskModel, batch: TaskBatch, out: TaskOutput) -> dict[str, torch.Tensor]:
         return {}

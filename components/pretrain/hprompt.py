@@ -9,23 +9,34 @@ On domain t the loop minimises
     L_agree  mean over non-pad positions and dims of (H_theta(x; P(v)) - H_0(x))^2,
              v = mu + noise_scale * sigma * eps, eps ~ N(0, I) per example ("virtual query");
              mu, sigma^2 = running mean / variance of the queries (momentum `momentum`)
-    L_dis    mean over the batch of max(0, cos(h(x; P(q(x))), h(x; P(c_k))) - margin),
+    L_dis    mean over the batch of max(0, cos(h(x; P(q(x))), sg[h(x; P(c_k))]) - margin),
              h = mean-pooled hidden states, c_k = prototype (mean query) of ONE earlier domain
-             k sampled per step; on the first domain (no prototype yet) the negative is the
-             virtual-query prompt P(v) of L_agree (its forward is reused)
+             k sampled per step, sg = stop-gradient (`stop_grad_negative`, default): the
+             negative is a fixed target, so L_dis moves neither the earlier domains' prompts
+             P(c_k) nor the states under them. On the first domain (no prototype yet) there
+             is no negative and L_dis = 0, unless `virtual_negative` takes the virtual-query
+             prompt P(v) of L_agree (as first implemented: it pushes h(x; P(q)) away from the
+             states L_agree ties to stage 0, see docs/methods.md)
 
 Forwards per step (NCL: 1 with grad):
     1 no-grad forward of the frozen stage-0 model -> q(x) and the teacher states H_0(x)
+      (2 under query_view "visible": q(x) on the visible tokens, H_0(x) on the masked block)
     1 main forward of the current model with P(q(x))  (the loop's forward, reused for L_dis)
     1 forward of the current model with P(v)           (L_agree; doubles as L_dis's negative
-                                                         while there is no prototype)
-    1 forward of the current model with P(c_k)         (L_dis, only once a prototype exists)
-i.e. 3 forwards (2 with backward) on the first domain, 4 (3 with backward) afterwards. A
-term whose lambda is 0 is returned as an exact 0 tensor and its forward is skipped.
+                                                         on the first domain with virtual_negative)
+    1 forward of the current model with P(c_k)         (L_dis, only once a prototype exists;
+                                                         no backward under stop_grad_negative)
+i.e. 3 forwards (2 with backward) on every domain by default. A term whose lambda is 0 (or
+L_dis without a negative) is returned as an exact 0 tensor and its forward is skipped.
 
-The query is computed on the same masked input the MLM sees: a query of the clean text would
-let the hypernetwork pass the identities of masked tokens into the prompt (label leakage).
-At fine-tuning the input is clean and the same `PromptGenerator` is used (no domain id).
+The query's text view (`query_view`): at fine-tuning the query is computed on clean text. At
+pre-training, "visible" (default) runs the stage-0 model on the masked block with the MLM-selected
+positions (labels != -100) removed from its attention mask, so the query reads the real tokens
+only, as at fine-tuning, and never the identities of the masked tokens (no label leakage); the
+agreement teacher H_0 is then a second no-grad forward on the masked block as the MLM sees it.
+"masked" (as first implemented) pools the stage-0 states of the masked block, [MASK] tokens
+included: with MiniLM that query has cosine ~0.4-0.5 with the clean text's (docs/methods.md), so
+the hypernetwork is trained on queries unlike the ones it gets at fine-tuning.
 
 State (all in `state_dict()`, so the loop's safetensors checkpoint round-trips it):
 hypernetwork weights, running query mean / variance / update count, the prototype matrix
@@ -36,6 +47,7 @@ names are also given by `meta()` / `load_meta()` as JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 
@@ -270,7 +282,10 @@ class HPromptPlugin(PretrainPlugin):
         self.current_domain = stage.domain
 
     def prefix(self, model: MaskedLM, batch: dict[str, torch.Tensor], ctx: dict) -> torch.Tensor:
-        query, teacher = self.generator.encoder(batch["input_ids"], batch["attention_mask"])
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        query, teacher = self.generator.encoder(ids, mask)
+        if self.cfg.query_view == "visible" and "labels" in batch:
+            query, _ = self.generator.encoder(ids, mask * (batch["labels"] == -100).to(mask.dtype))
         if self.training:
             self.memory.update(query)
         ctx["hprompt/query"], ctx["hprompt/teacher"] = query, teacher
@@ -296,18 +311,22 @@ class HPromptPlugin(PretrainPlugin):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         embeds = model.embed(ids)
         neg_row = self._negative_index() if ld > 0 else None
+        virtual_neg = ld > 0 and neg_row is None and self.cfg.virtual_negative
         virtual_hidden = None
-        if la > 0 or (ld > 0 and neg_row is None):
+        if la > 0 or virtual_neg:
             v = self.memory.virtual_queries(ids.shape[0], self.cfg.noise_scale)
             virtual_hidden = model.encode(embeds, mask, self.generator.hypernet(v))
             if la > 0:
                 terms["agree"] = la * agreement_loss(virtual_hidden, ctx["hprompt/teacher"], mask)
-        if ld > 0:
+        if ld > 0 and (neg_row is not None or virtual_neg):
             if neg_row is None:
                 neg_hidden = virtual_hidden
             else:
-                proto_prompt = self.generator.hypernet(self.memory.prototypes[neg_row:neg_row + 1])
-                neg_hidden = model.encode(embeds, mask, proto_prompt.expand(ids.shape[0], -1, -1))
+                with torch.no_grad() if self.cfg.stop_grad_negative else contextlib.nullcontext():
+                    proto_prompt = self.generator.hypernet(self.memory.prototypes[neg_row:neg_row + 1])
+                    neg_hidden = model.encode(embeds, mask, proto_prompt.expand(ids.shape[0], -1, -1))
+            if self.cfg.stop_grad_negative:
+                neg_hidden = neg_hidden.detach()
             terms["disagree"] = ld * disagreement_loss(mean_pool(hidden, mask), mean_pool(neg_hidden, mask), self.cfg.margin)
         return terms
 
