@@ -191,8 +191,8 @@ class CocaConfig:
     steps: int = field(default=1, metadata=_range(0, 20))
     step_size: float = field(default=0.05, metadata=_range(0))
     noise_std: float = field(default=1.0e-3, metadata=_range(0))
-    divergence: Literal["sym_kl", "js"] = "sym_kl"
-    ramp: float = field(default=0.0, metadata=_range(0, 1))  # beta reaches full weight after this fraction of steps
+    divergence: Literal["sym_kl", "js"] = "js"  # js is bounded by log 2 (sym_kl: unbounded, as first implemented)
+    ramp: float = field(default=0.5, metadata=_range(0, 1))  # beta reaches full weight after this fraction of steps
 
 
 @dataclass
