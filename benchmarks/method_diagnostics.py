@@ -16,7 +16,8 @@ HPrompt (`hprompt_probe`, a stage's plug-in state on the stage's model, a batch 
                            the attention mask) vs clean; query_cos_between_texts: mean
                            pairwise cos of clean queries of different blocks (the scale)
     neg_grad_share         ||dL_dis/dphi through the negative branch|| / ||dL_dis/dphi||, phi =
-                           the hypernetwork (0 = earlier prompts are not moved by L_dis)
+                           the hypernetwork (0 = earlier prompts are not moved by L_dis; above 1
+                           when the two branches' gradients partly cancel)
 
 CoCa (`coca_probe`, a TaskModel and a templated batch; eval mode, so dropout does not mask
 the perturbation's effect):

@@ -188,7 +188,7 @@ def test_consistency_ramp(batch):
     for step in (0, 2, 5, 9):
         coca.set_progress(step, 10)
         torch.manual_seed(0)
-        values.append(float(coca.loss_terms(model, batch, model(batch))["consistency"]))
+        values.append(float(coca.loss_terms(model, batch, model(batch))["consistency"].detach()))
     assert values[0] == 0.0 and coca.extra_forwards == 3 * (CocaConfig().steps + 1)  # step 0: no ascent at all
     assert values[1] == pytest.approx(0.4 * values[2], rel=1e-5) and values[2] == pytest.approx(values[3], rel=1e-5)
     flat = Coca(CocaConfig(alpha=0.0, beta=1.0, ramp=0.0), num_labels=3)

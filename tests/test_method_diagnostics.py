@@ -40,7 +40,7 @@ def test_hprompt_probe():
     for k in ("query_cos_masked_clean", "cos_own_virtual", "cos_prompt_noprompt", "cos_to_stage0", "cos_own_prototype[a]"):
         assert -1.0 <= out[k] <= 1.0 + 1e-6, k
     assert out["query_cos_masked_clean"] < 1.0 and out["query_cos_visible_clean"] > out["query_cos_masked_clean"]
-    assert 0.0 < out["neg_grad_share"] <= 1.0 + 1e-6
+    assert out["neg_grad_share"] > 0.0  # the negative branch does reach the hypernetwork
 
 
 def test_coca_probe_shows_the_absolute_ball_is_a_no_op_and_the_per_token_one_is_not():
