@@ -45,6 +45,7 @@ from components.models.head_warmup import prepare_base_model, weights_fingerprin
 from components.models.loading import load_tokenizer, masked_lm_from_state
 from components.models.masked_lm import MaskedLM
 from components.models.precision import resolve_precision
+from components.ray_env import apply_lean_ray_env
 from components.pretrain.expert_kd import ExpertSpec, expert_logits_cache, experts_for_stage, logits_file_key
 from components.pretrain.experts import read_expert_meta, save_expert
 from components.pretrain.hprompt import check_prompt_fits, check_prompt_width
@@ -148,6 +149,7 @@ def init_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    apply_lean_ray_env()
     ray.init(address=address, log_to_driver=True, configure_logging=False, logging_level=cfg.ray.log_level,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
                                        os.environ.get("HF_HUB_OFFLINE", "0")}} if not address else None)

@@ -24,6 +24,7 @@ from components.config import FinetuneConfig
 from components.eval.scores import accuracy, macro_f1
 from components.finetune.plugin import FinetunePlugin
 from components.finetune.task_model import TaskBatch, TaskModel
+from components.models.compile import CompiledStep, resolve_compile
 from components.models.precision import autocast_for
 from components.pretrain.schedule import fused_adamw, make_scheduler
 
@@ -77,6 +78,20 @@ def predict(model: TaskModel, data: dict[str, torch.Tensor], batch_size: int, de
     return torch.cat(out).numpy()
 
 
+def train_step(forward: torch.nn.Module, model: TaskModel, plugins: list[FinetunePlugin], b: TaskBatch,
+               regression: bool, device: torch.device, precision: str) -> torch.Tensor:
+    """Forward (through `forward`: the model or its compiled form) and backward of one batch; the loss.
+    Plug-ins see the eager `model`."""
+    with autocast_for(device, precision):
+        out = forward(b)
+        loss = task_loss(out.logits, b.labels, regression)
+        for p in plugins:
+            for term in p.loss_terms(model, b, out).values():
+                loss = loss + term
+    loss.backward()
+    return loss
+
+
 def score(logits: np.ndarray, labels: torch.Tensor, regression: bool) -> dict[str, float]:
     """Classification: accuracy and macro-F1. Regression: both slots hold Pearson r in [-1, 1],
 
@@ -128,18 +143,14 @@ def finetune(
     result = FinetuneResult(accuracy=0.0, macro_f1=0.0, best_dev=-float("inf"))
     best_state = None
     step = 0
+    runner = CompiledStep(model, resolve_compile(cfg.compile, device), "fine-tuning step", dynamic=True)
     while step < total:
         for b in batches(train, cfg.batch_size, rng.permutation(n)):
             b = b.to(device)
             for p in plugins:
                 p.set_progress(step, total)
-            with autocast_for(device, cfg.precision):
-                out = model(b)
-                loss = task_loss(out.logits, b.labels, regression)
-                for p in plugins:
-                    for term in p.loss_terms(model, b, out).values():
-                        loss = loss + term
-            loss.backward()
+            loss = runner(lambda module, b=b: train_step(module, model, plugins, b, regression, device, cfg.precision),
+                          lambda: optimizer.zero_grad(set_to_none=True))
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()

@@ -37,6 +37,7 @@ from components.data.masking import MlmMasker
 from components.methods import build_pretrain_plugins
 from components.models.loading import masked_lm_from_state
 from components.models.masked_lm import MaskedLM
+from components.models.compile import CompiledStep, resolve_compile
 from components.models.precision import autocast_for, resolve_precision
 from components.pretrain.plugin import PretrainPlugin, StageInfo
 from components.pretrain.schedule import make_adamw, make_scheduler
@@ -199,11 +200,13 @@ def run_stage(spec: StageSpec, session: Session) -> None:
                        spec.tokens.pad_id, cfg.data.mask_prob)
     precision = resolve_precision(p.precision, device)
     trained = session.wrap(objective, find_unused=bool(plugins))
+    runner = CompiledStep(trained, resolve_compile(p.compile, device), f"stage {stage.index} pre-training step")
     objective.train()
-    t0, tokens = time.perf_counter(), 0
-    for step in range(start, total if not finished else start):
-        maybe_inject_fault(spec, step, session)
+
+    def accumulate(module: nn.Module, step: int) -> tuple[dict[str, float], int]:
+        """Forward and backward of the step's grad_accum micro-batches: (mean loss terms, tokens)."""
         sums: dict[str, float] = {}
+        count = 0
         for a in range(p.grad_accum):
             g = step * p.grad_accum + a
             rows = batch_rows(g, len(shard), p.batch_size, seed)
@@ -216,12 +219,19 @@ def run_stage(spec: StageSpec, session: Session) -> None:
             torch.manual_seed(mix_seed(seed, g, session.rank, 1))  # dropout
             sync = a == p.grad_accum - 1 or not hasattr(trained, "no_sync")
             with (contextlib.nullcontext() if sync else trained.no_sync()), autocast_for(device, precision):
-                terms = trained(batch)
+                terms = module(batch)
                 loss = sum(terms.values()) / p.grad_accum
             loss.backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / p.grad_accum
-            tokens += int(attention.sum()) * session.world_size
+            count += int(attention.sum()) * session.world_size
+        return sums, count
+
+    t0, tokens = time.perf_counter(), 0
+    for step in range(start, total if not finished else start):
+        maybe_inject_fault(spec, step, session)
+        sums, count = runner(lambda module, s=step: accumulate(module, s), lambda: optimizer.zero_grad(set_to_none=True))
+        tokens += count
         grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
         optimizer.step()
         scheduler.step()
@@ -232,6 +242,7 @@ def run_stage(spec: StageSpec, session: Session) -> None:
                    "loss": sum(sums.values()),
                    "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                    "tokens": tokens, "elapsed_s": elapsed, "bf16": int(precision == "bf16"),
+                   "compiled": int(runner.active),
                    "tokens_per_s": tokens / max(elapsed, 1e-9),
                    **{f"loss/{k}": v for k, v in sums.items()}}
         if done == total:

@@ -41,6 +41,7 @@ class RaySession:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self._restore_ctx = None
+        self.report_s = 0.0  # seconds spent in ray.train.report so far (each report carries the total before it)
 
     def restore(self) -> Path | None:
         ckpt = ray.train.get_checkpoint()
@@ -50,11 +51,14 @@ class RaySession:
         return Path(self._restore_ctx.__enter__())
 
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
+        t = time.perf_counter()
+        metrics = {**metrics, "report_s": self.report_s}
         if checkpoint is None:
             ray.train.report(metrics)
-            return
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)))
-        shutil.rmtree(checkpoint, ignore_errors=True)
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)))
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        self.report_s += time.perf_counter() - t
 
     def wrap(self, module: nn.Module, find_unused: bool) -> nn.Module:
         if self.world_size == 1:
