@@ -255,13 +255,13 @@ def main() -> None:
     short: dict[str, str] = {}
     for variant, (prec, comp) in B_VARIANTS.items():
         reasons = ([f"bf16 is emulated on this {device.upper()} (no native bf16 matmul)"] if prec == "bf16" and not native else []) + \
-                  ([f"torch.compile on {device.upper()} compiles for minutes"] if comp == "always" and not resolve_compile("auto", device) else [])
+                  (["torch.compile on CPU compiles for minutes"] if comp == "always" and device == "cpu" else [])
         if reasons:
             short[variant] = "; ".join(reasons) + f": {args.short_steps} measured steps after 1 warm-up step"
     a = stock_loop(hf, blocks, masker, pad, args.steps, args.batch_size, device)
     flops = train_flops_per_token(hf, args.block_size, 0.15, masked_only=True)
     default_prec = resolve_precision("auto", device)
-    default_comp = "always" if resolve_compile("auto", device) else "never"
+    default_comp = "always" if resolve_compile("auto", device, args.steps + warm) else "never"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         b = {}

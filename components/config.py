@@ -142,7 +142,7 @@ class PretrainConfig:
     num_to_keep: int = field(default=2, metadata=_range(1))
     max_failures: int = field(default=2, metadata=_range(-1))
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: Literal["auto", "always", "never"] = "auto"  # torch.compile the step; auto: on CUDA only
+    compile: Literal["auto", "always", "never"] = "auto"  # torch.compile the step; auto: CUDA and >= 1000 steps
     eval_blocks: int = field(default=64, metadata=_range(1))
     end_stage_blocks: int = field(default=256, metadata=_range(1))
     log_every: int = field(default=10, metadata=_range(1))
@@ -226,7 +226,7 @@ class FinetuneConfig:
     gpus_per_cell: float = field(default=0.0, metadata=_range(0))
     max_retries: int = field(default=2, metadata=_range(0))
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # cells, experts' logits, held-out diagnostics, probes
-    compile: Literal["auto", "always", "never"] = "auto"  # torch.compile the training step; auto: on CUDA only
+    compile: Literal["auto", "always", "never"] = "auto"  # torch.compile the training step; auto: CUDA and >= 1000 steps
     coca: CocaConfig = field(default_factory=CocaConfig)
     repcali: RepCaliConfig = field(default_factory=RepCaliConfig)
 

@@ -25,11 +25,12 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def test_auto_compiles_on_cuda_only_and_explicit_choices_win():
-    assert C.resolve_compile("auto", "cuda") is True
-    assert C.resolve_compile("auto", "cpu") is False
-    assert C.resolve_compile("always", "cpu") is True
-    assert C.resolve_compile("never", "cuda") is False
+def test_auto_compiles_only_long_cuda_loops_and_explicit_choices_win():
+    assert C.resolve_compile("auto", "cuda", C.AUTO_MIN_STEPS) is True
+    assert C.resolve_compile("auto", "cuda", 40) is False  # the default budgets stay eager
+    assert C.resolve_compile("auto", "cpu", 10**6) is False
+    assert C.resolve_compile("always", "cpu", 1) is True
+    assert C.resolve_compile("never", "cuda", 10**6) is False
 
 
 def _stage(tmp_path, tiny_model_dir, compile_: str, name: str) -> LocalSession:

@@ -143,7 +143,7 @@ def finetune(
     result = FinetuneResult(accuracy=0.0, macro_f1=0.0, best_dev=-float("inf"))
     best_state = None
     step = 0
-    runner = CompiledStep(model, resolve_compile(cfg.compile, device), "fine-tuning step", dynamic=True)
+    runner = CompiledStep(model, resolve_compile(cfg.compile, device, total), "fine-tuning step", dynamic=True)
     while step < total:
         for b in batches(train, cfg.batch_size, rng.permutation(n)):
             b = b.to(device)

@@ -1,9 +1,14 @@
 """torch.compile for the training steps, with an eager fallback.
 
-    auto   -> compiled on CUDA, eager on CPU (measured: on this project's 2-core CPU the first
-              MiniLM step compiles for minutes and compiled steps are no faster, so compiling
-              never pays for itself within a 40-step stage; docs/results.md "Speed")
+    auto   -> compiled on CUDA for a loop of at least AUTO_MIN_STEPS steps, eager otherwise
     always -> compiled wherever torch.compile works
+
+Why: on this project's 2-core CPU the first compiled MiniLM step took minutes and compiled
+steps were not faster (docs/results.md "Speed"), so on CPU compiling never pays. On a GPU an
+eager MiniLM step at the default batch takes milliseconds while a cold compile takes tens of
+seconds, so compiling can only pay back over long loops: the default budgets (40 pre-training
+steps per stage, ~40 fine-tuning steps per cell) stay eager. AUTO_MIN_STEPS is that estimate,
+not a measurement; benchmarks/gpu_check.sh measures compile time and per-step gain on a GPU.
     never  -> eager
 
 A compiled step that raises (a backend or compiler failure, at the first step or at a later
@@ -22,12 +27,13 @@ import torch
 from torch import nn
 
 BACKEND: Any = "inductor"  # torch.compile backend; tests swap in a counting or failing one
+AUTO_MIN_STEPS = 1000
 
 
-def resolve_compile(setting: str, device: torch.device | str) -> bool:
-    """Whether `setting` (auto / always / never) compiles on `device`."""
+def resolve_compile(setting: str, device: torch.device | str, steps: int) -> bool:
+    """Whether `setting` (auto / always / never) compiles a loop of `steps` steps on `device`."""
     if setting == "auto":
-        return torch.device(device).type == "cuda"
+        return torch.device(device).type == "cuda" and steps >= AUTO_MIN_STEPS
     return setting == "always"
 
 
