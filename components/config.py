@@ -107,10 +107,40 @@ class HeadWarmupConfig:
 
 
 @dataclass
+class RewarmConfig:
+    """Stage-0 MLM re-warm of the whole model on general text (`model.stage0: rewarm`).
+
+    Trains every parameter with MLM (encoder `lr`, head `head_lr`, linear warm-up then constant)
+    and stops when the held-out loss has not improved by a relative `min_delta` for `patience`
+    evaluations, or at `max_steps`. Weights shipped under `shipped_dir` with the same recipe key
+    are used instead of training (their sha256 is checked)."""
+
+    corpus: str = "data/general/corpus.parquet"
+    block_size: int = field(default=64, metadata=_range(8, 4096))
+    batch_size: int = field(default=32, metadata=_range(1))
+    lr: float = field(default=2.0e-4, metadata=_range(0, lo_open=True))
+    head_lr: float = field(default=3.0e-3, metadata=_range(0, lo_open=True))
+    warmup_steps: int = field(default=50, metadata=_range(0))
+    max_steps: int = field(default=800, metadata=_range(1))
+    eval_every: int = field(default=100, metadata=_range(1))
+    eval_blocks: int = field(default=128, metadata=_range(1))
+    patience: int = field(default=2, metadata=_range(1))
+    min_delta: float = field(default=0.005, metadata=_range(0))
+    seed: int = field(default=0, metadata=_range(0))
+    shipped_dir: str = "data/stage0"
+
+
+@dataclass
 class ModelConfig:
+    """`stage0` makes the stage-0 model: `rewarm` (whole-model MLM re-warm, shipped for the
+    default model), `head_warmup` (head-only warm-up when the head is fresh), or `auto`
+    (rewarm for the default model, head_warmup for any other)."""
+
     name: str = DEFAULT_MODEL
     block_size: int = field(default=128, metadata=_range(8, 4096))
+    stage0: Literal["auto", "rewarm", "head_warmup"] = "auto"
     head_warmup: HeadWarmupConfig = field(default_factory=HeadWarmupConfig)
+    rewarm: RewarmConfig = field(default_factory=RewarmConfig)
 
 
 @dataclass
@@ -526,6 +556,8 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
         if d.task is not None and Path(os.path.expanduser(d.task.hf_dataset)).exists():  # a folder; else a hub id
             d.task.hf_dataset = str(Path(os.path.expanduser(d.task.hf_dataset)).resolve())
     cfg.model.head_warmup.corpus = _abs(cfg.model.head_warmup.corpus, base)
+    cfg.model.rewarm.corpus = _abs(cfg.model.rewarm.corpus, base)
+    cfg.model.rewarm.shipped_dir = _abs(cfg.model.rewarm.shipped_dir, base)
     cfg.data.cache_dir = _abs(cfg.data.cache_dir, base)
     cfg.ray.storage_path = _abs(cfg.ray.storage_path, base)
     cfg.methods.distill.experts = {k: _abs(v, base) for k, v in cfg.methods.distill.experts.items()}
