@@ -121,8 +121,8 @@ class RewarmConfig:
     lr: float = field(default=2.0e-4, metadata=_range(0, lo_open=True))
     head_lr: float = field(default=3.0e-3, metadata=_range(0, lo_open=True))
     warmup_steps: int = field(default=50, metadata=_range(0))
-    max_steps: int = field(default=800, metadata=_range(1))
-    eval_every: int = field(default=100, metadata=_range(1))
+    max_steps: int = field(default=400, metadata=_range(1))
+    eval_every: int = field(default=50, metadata=_range(1))
     eval_blocks: int = field(default=128, metadata=_range(1))
     patience: int = field(default=2, metadata=_range(1))
     min_delta: float = field(default=0.005, metadata=_range(0))
@@ -250,7 +250,8 @@ class FinetuneConfig:
     warmup_ratio: float = field(default=0.1, metadata=_range(0, 1))
     max_length: int = field(default=128, metadata=_range(8, 4096))
     max_train_examples: int | None = field(default=None, metadata=_range(1))
-    max_eval_examples: int | None = field(default=None, metadata=_range(1))
+    max_eval_examples: int | None = field(default=None, metadata=_range(1))   # dev
+    max_test_examples: int | None = field(default=None, metadata=_range(1))   # None: the whole test set
     evals_per_epoch: int = field(default=1, metadata=_range(1))
     cpus_per_cell: float = field(default=1.0, metadata=_range(0, lo_open=True))
     gpus_per_cell: float = field(default=0.0, metadata=_range(0))
@@ -273,6 +274,11 @@ class MethodsConfig:
 
 @dataclass
 class EvalConfig:
+    """`probe`: a linear-probe anytime matrix beside the fine-tuning one (components/eval/probe.py),
+    on at most `probe_max_examples` examples per split."""
+
+    probe: bool = True
+    probe_max_examples: int | None = field(default=2000, metadata=_range(10))
     anytime: bool = True
     asynchronous: bool = False
     anchor_ks: list[int] = field(default_factory=lambda: [1, 10, 100])

@@ -17,6 +17,7 @@ import torch
 from components.config import Config
 from components.data.domains import read_task, resolve_domain
 from components.data.task_encoding import default_template, encode_task
+from components.eval.probe import probe_task
 from components.finetune.loop import finetune
 from components.methods import TaskInfo, build_task_model, pooling_for
 from components.models.loading import load_tokenizer
@@ -51,28 +52,53 @@ def _maybe_fail(spec: CellSpec) -> None:
         os._exit(1)
 
 
+def task_data(cfg: Config, task: str, tokenizer, limits: dict[str, int | None]
+              ) -> tuple[TaskInfo, dict[str, dict[str, torch.Tensor]], bool]:
+    """The task's encoded train / dev / test splits, each capped at `limits[split]` examples (the
+    same seeded subset in every row); its TaskInfo; whether it is a regression task."""
+    index = [d.name for d in cfg.domains].index(task)
+    domain = resolve_domain(cfg.domains[index])
+    splits = {s: read_task(domain, s) for s in ("train", "dev", "test")}
+    train_task = splits["train"]
+    info = TaskInfo(task, None if train_task.is_regression else train_task.label_names, domain.verbalizers)
+    template = default_template(tokenizer, train_task.texts_b is not None) if pooling_for(cfg) == "mask" else None
+    encoded = {s: encode_task(t, tokenizer, cfg.finetune.max_length, template) for s, t in splits.items()}
+    data = {s: _take(e, subsample(len(e["labels"]), limits[s], cfg.seed)) for s, e in encoded.items()}
+    return info, data, train_task.is_regression
+
+
+def run_probe_row(cfg: Config, stage: int, weights: dict, base_weights: dict | None, plugin_state: dict | None,
+                  fingerprint: str, threads: int) -> list[dict]:
+    """Linear probes of the stage's frozen model on every task (components/eval/probe.py)."""
+    torch.set_num_threads(max(1, threads))
+    tokenizer = load_tokenizer(cfg.model.name)
+    cap = cfg.eval.probe_max_examples
+    device = torch.device("cuda" if cfg.finetune.gpus_per_cell > 0 and torch.cuda.is_available() else "cpu")
+    records = []
+    for task in [d.name for d in cfg.domains]:
+        info, data, regression = task_data(cfg, task, tokenizer, {"train": cap, "dev": cap, "test": cap})
+        model, _, _ = build_task_model(cfg, weights, info, tokenizer, base_weights, plugin_state)
+        result = probe_task(model, data, regression, 2 * cfg.finetune.batch_size, device, cfg.finetune.precision)
+        records.append({"stage": stage, "task": task, "seed": 0, "checkpoint_fingerprint": fingerprint,
+                        "pooling": model.pooling, "label_names": info.label_names, **result})
+    return records
+
+
 def run_cell(cfg: Config, spec: CellSpec, weights: dict, base_weights: dict | None,
              plugin_state: dict | None, threads: int) -> dict:
     """Fine-tune the stage's model on one task with one seed; return the cell's record."""
     torch.set_num_threads(max(1, threads))
     _maybe_fail(spec)
     start = time.time()
-    index = [d.name for d in cfg.domains].index(spec.task)
-    domain = resolve_domain(cfg.domains[index])
     tokenizer = load_tokenizer(cfg.model.name)
     f = cfg.finetune
-    splits = {s: read_task(domain, s) for s in ("train", "dev", "test")}
-    train_task = splits["train"]
-    info = TaskInfo(spec.task, None if train_task.is_regression else train_task.label_names, domain.verbalizers)
-    template = default_template(tokenizer, train_task.texts_b is not None) if pooling_for(cfg) == "mask" else None
-    encoded = {s: encode_task(t, tokenizer, f.max_length, template) for s, t in splits.items()}
-    limits = {"train": f.max_train_examples, "dev": f.max_eval_examples, "test": f.max_eval_examples}
-    data = {s: _take(e, subsample(len(e["labels"]), limits[s], cfg.seed)) for s, e in encoded.items()}
+    info, data, regression = task_data(cfg, spec.task, tokenizer, {
+        "train": f.max_train_examples, "dev": f.max_eval_examples, "test": f.max_test_examples})
     torch.manual_seed(spec.seed)  # head initialisation: a function of the cell's seed, not the process's history
     model, plugins, notes = build_task_model(cfg, weights, info, tokenizer, base_weights, plugin_state)
     device = torch.device("cuda" if f.gpus_per_cell > 0 and torch.cuda.is_available() else "cpu")
     result = finetune(model, plugins, data["train"], data["dev"], data["test"], f, spec.seed, device,
-                      regression=train_task.is_regression, keep_best_state=spec.keep_model)
+                      regression=regression, keep_best_state=spec.keep_model)
     record = {
         "stage": spec.stage, "task": spec.task, "seed": spec.seed,
         "checkpoint_fingerprint": spec.checkpoint_fingerprint,

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from components.eval.matrix import SCORES, cell_mean_ci95, per_seed_metrics
-from components.eval.metrics import METRIC_NAMES
+from components.eval.matrix import SCORES, build_matrix, cell_mean_ci95, per_seed_metrics
+from components.eval.metrics import METRIC_NAMES, all_metrics
 from components.eval.plots import write_plots
 from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text, to_jsonable
 
@@ -110,6 +110,7 @@ def _report_md(
     config_summary: dict[str, Any],
     diagnostics: dict[str, dict[str, Any]],
     plots: Sequence[str] = (),
+    probe: dict[str, Any] | None = None,
 ) -> str:
     """The markdown report: matrices, metrics, plots, config summary, diagnostics."""
     intervals = len(seeds) > 1
@@ -136,6 +137,18 @@ def _report_md(
         for name in METRIC_NAMES
     ]
     parts += ["## Metrics", _md_table(["metric", *[SCORE_LABELS[s] for s in SCORES]], metric_rows)]
+    if probe:
+        parts += ["## Linear-probe matrix",
+                  "Frozen features of the stage's model, multinomial logistic regression fitted on the task's "
+                  "train split, regularisation chosen on dev, scored on test (one value per cell: the probe "
+                  "is deterministic, so no interval)."]
+        for score in SCORES:
+            a = np.asarray(probe[f"probe_{score}"], dtype=float)
+            rows = [[f"{i}: {label}", *[_fmt(float(a[i, j])) for j in range(len(domains))]]
+                    for i, label in enumerate(_row_labels(domains))]
+            parts += [f"### Probe {SCORE_LABELS[score]}", _md_table(["stage", *domains], rows)]
+        rows = [[name, *[_fmt(probe["metrics"][f"probe_{s}"][name]) for s in SCORES]] for name in METRIC_NAMES]
+        parts += ["### Probe metrics", _md_table(["metric", *[f"probe {SCORE_LABELS[s]}" for s in SCORES]], rows)]
     parts += ["## Plots", "\n\n".join(f"![{Path(p).stem.replace('_', ' ')}]({p})"
                                         for p in ["anytime_heatmap.png", *plots])]
     config = "\n".join(f"- {k}: {v}" for k, v in config_summary.items()) or "(none given)"
@@ -151,6 +164,17 @@ def _report_md(
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
+def probe_outputs(domains: Sequence[str], probes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Probe matrices (NaN where missing) and their metrics, as JSON-ready values."""
+    n = len(domains)
+    out: dict[str, Any] = {"metrics": {}}
+    for score in SCORES:
+        a = build_matrix(probes, domains, n, score)
+        out[f"probe_{score}"] = to_jsonable(a)
+        out["metrics"][f"probe_{score}"] = to_jsonable(all_metrics(a))
+    return out
+
+
 def write_anytime_outputs(
     run_dir: Path,
     domains: list[str],
@@ -158,11 +182,14 @@ def write_anytime_outputs(
     seeds: list[int],
     config_summary: dict[str, Any],
     diagnostics: dict[str, dict[str, Any]] | None = None,
+    probes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write anytime.json, anytime.csv, anytime_heatmap.png, plots/ and report.md into ``run_dir``.
 
     Each file is written atomically. Cell scores are means over ``seeds``; metrics are
-    computed per seed and aggregated (mean, 95% half-width). Returns the anytime.json dict.
+    computed per seed and aggregated (mean, 95% half-width). ``probes`` (one record per
+    (stage, task), components/eval/probe.py) add the additive keys ``probe_accuracy``,
+    ``probe_macro_f1`` and ``metrics.probe_*``. Returns the anytime.json dict.
     """
     run_dir = Path(run_dir)
     stats = {s: cell_mean_ci95(cells, domains, seeds, s) for s in SCORES}
@@ -181,12 +208,18 @@ def write_anytime_outputs(
             "metrics_ci95": {s: {k: v["ci95"] for k, v in metrics[s].items()} for s in SCORES},
         }
     )
+    probe = probe_outputs(domains, probes) if probes else None
+    if probe:
+        result.update({k: v for k, v in probe.items() if k != "metrics"})
+        result["metrics"].update(probe["metrics"])
+        result["metrics_ci95"].update({k: {name: None for name in METRIC_NAMES} for k in probe["metrics"]})
     atomic_write_json(run_dir / "anytime.json", result)
     atomic_write_text(run_dir / "anytime.csv", _csv_text(domains, stats))
     atomic_write_bytes(run_dir / "anytime_heatmap.png", _heatmap_png(domains, stats, means))
     plots = [p.relative_to(run_dir).as_posix() for p in write_plots(run_dir, result, cells, seeds)]
     atomic_write_text(
-        run_dir / "report.md", _report_md(domains, seeds, stats, metrics, config_summary, diagnostics or {}, plots)
+        run_dir / "report.md", _report_md(domains, seeds, stats, metrics, config_summary, diagnostics or {}, plots,
+                                          probe)
     )
     return result
 
