@@ -68,14 +68,14 @@ def task_data(cfg: Config, task: str, tokenizer, limits: dict[str, int | None]
 
 
 def run_probe_row(cfg: Config, stage: int, weights: dict, base_weights: dict | None, plugin_state: dict | None,
-                  fingerprint: str, threads: int) -> list[dict]:
-    """Linear probes of the stage's frozen model on every task (components/eval/probe.py)."""
+                  fingerprint: str, threads: int, tasks: list[str] | None = None) -> list[dict]:
+    """Linear probes of the stage's frozen model on every task, or on `tasks` (components/eval/probe.py)."""
     torch.set_num_threads(max(1, threads))
     tokenizer = load_tokenizer(cfg.model.name)
     cap = cfg.eval.probe_max_examples
     device = torch.device("cuda" if cfg.finetune.gpus_per_cell > 0 and torch.cuda.is_available() else "cpu")
     records = []
-    for task in [d.name for d in cfg.domains]:
+    for task in tasks or [d.name for d in cfg.domains]:
         info, data, regression = task_data(cfg, task, tokenizer, {"train": cap, "dev": cap, "test": cap})
         model, _, _ = build_task_model(cfg, weights, info, tokenizer, base_weights, plugin_state)
         result = probe_task(model, data, regression, 2 * cfg.finetune.batch_size, device, cfg.finetune.precision)

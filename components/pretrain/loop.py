@@ -80,6 +80,7 @@ class StageSpec:
     experts: list = field(default_factory=list)  # ExpertSpec of the experts in use (distillation)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. cached expert logits, by StageInfo.files key
     fault: tuple[int, str] | None = None         # test-only: (step, marker file) at which a worker dies once
+    stop_at: int | None = None                   # run only up to this step (checkpointed) of a total_steps schedule
 
 
 class Session(Protocol):
@@ -228,7 +229,8 @@ def run_stage(spec: StageSpec, session: Session) -> None:
         return sums, count
 
     t0, tokens = time.perf_counter(), 0
-    for step in range(start, total if not finished else start):
+    stop = min(total, spec.stop_at or total)
+    for step in range(start, stop if not finished else start):
         maybe_inject_fault(spec, step, session)
         sums, count = runner(lambda module, s=step: accumulate(module, s), lambda: optimizer.zero_grad(set_to_none=True))
         tokens += count
@@ -250,7 +252,7 @@ def run_stage(spec: StageSpec, session: Session) -> None:
             for plugin in plugins:
                 plugin.end_stage(stage, model, torch.from_numpy(clean.astype(np.int64)),
                                  torch.from_numpy((clean != spec.tokens.pad_id).astype(np.int64)))
-        if done % p.checkpoint_every == 0 or done == total:
+        if done % p.checkpoint_every == 0 or done in (total, stop):
             session.report(metrics, _write_checkpoint(session, objective, optimizer, scheduler, done, done == total))
         elif done % p.log_every == 0:
             session.report(metrics, None)
