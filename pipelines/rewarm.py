@@ -29,6 +29,7 @@ from components.cli import add_config_args, config_from_args  # noqa: E402
 from components.data.corpus_cache import load_corpus_blocks  # noqa: E402
 from components.data.domains import resolve_domain  # noqa: E402
 from components.data.masking import MlmMasker  # noqa: E402
+from components.eval.cells import CellSpec, run_cell, run_probe_row  # noqa: E402
 from components.models.head_warmup import general_corpus, prepare_base_model  # noqa: E402
 from components.models.loading import load_tokenizer, masked_lm_from_state  # noqa: E402
 from components.models.masked_lm import MaskedLM  # noqa: E402
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="directory for the shipped weights + recipe")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-blocks", type=int, default=256, help="held-out blocks scored per corpus")
+    parser.add_argument("--scores", action="store_true",
+                        help="also the base row: linear probe and one fine-tuning cell per task for both candidates")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     torch.set_num_threads(args.threads)
@@ -81,7 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---|" * len(blocks))
     for label, row in scores.items():
         print(f"| {label} | " + " | ".join(f"{v['mlm_loss']:.3f} / {v['top1']:.3f}" for v in row.values()) + " |")
-    comparison = {"scores": scores, "blocks": {n: int(len(b)) for n, b in blocks.items()},
+    rows: dict[str, dict] = {}
+    if args.scores:
+        for label, p in models.items():
+            weights = load_file(str(p))
+            probes = {r["task"]: r for r in run_probe_row(cfg, 0, weights, None, None, label, args.threads)}
+            cells = {d.name: run_cell(cfg, CellSpec(0, d.name, cfg.seed, label), weights, None, None, args.threads)
+                     for d in cfg.domains}
+            rows[label] = {t: {"probe_accuracy": probes[t]["accuracy"], "probe_macro_f1": probes[t]["macro_f1"],
+                               "accuracy": cells[t]["accuracy"], "macro_f1": cells[t]["macro_f1"]} for t in cells}
+        print(f"base row (seed {cfg.seed}): probe accuracy / fine-tuning accuracy")
+        print("| stage 0 | " + " | ".join(d.name for d in cfg.domains) + " |")
+        print("|---|" + "---|" * len(cfg.domains))
+        for label, row in rows.items():
+            print(f"| {label} | " + " | ".join(f"{v['probe_accuracy']:.3f} / {v['accuracy']:.3f}" for v in row.values())
+                  + " |")
+    comparison = {"scores": scores, "base_row": rows, "seed": cfg.seed, "blocks": {n: int(len(b)) for n, b in blocks.items()},
                   "head_warmup": {k: head_info.get(k) for k in ("steps", "loss_first", "loss_last")},
                   "rewarm": {k: recipe[k] for k in ("steps", "stopped", "seconds", "key", "sha256")},
                   "wall_time_s": round(time.time() - t0, 1)}
