@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout thi
 from components.cli import add_config_args, check_job_paths, print_config, run_main  # noqa: E402
 from components.config import REPO_ROOT, Config, load_config  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.eval.results_table import (BASE, REFERENCE, build_results, heatmaps_png, load_cells,  # noqa: E402
+from components.eval.matrix import ALL_SCORES  # noqa: E402
+from components.eval.results_table import (BASE, REFERENCE, available_scores, build_results, heatmaps_png, load_cells,  # noqa: E402
                                            load_runs, results_markdown)
 from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -127,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archive", type=Path, default=None,
                         help="copy each finished run's anytime.json, wall time and config to ARCHIVE/<method>/seed<s>/")
     parser.add_argument("--report-only", action="store_true", help="train nothing; tabulate the runs in --out-dir")
+    parser.add_argument("--score", action="append", default=None, choices=ALL_SCORES,
+                        help="tabulate only this score (repeatable; default: accuracy, macro_f1 and, when every "
+                             "run has them, probe_accuracy, probe_macro_f1)")
     args = parser.parse_args(argv)
     if not args.config:
         raise InputError("no config given: pass --config FILE (e.g. pipelines/configs/anytime6.yaml)")
@@ -170,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
                 failed[(m, s)] = f"failed in this invocation, see {m}/seed{s}/error.txt"
                 print(f"=== {m} seed {s}: FAILED (traceback in {run_dir / 'error.txt'})", flush=True)
 
-    results = build_results(load_runs(out, methods, seeds), seeds, cells=load_cells(out, methods, seeds))
+    runs = load_runs(out, methods, seeds)
+    if args.score and not set(args.score) <= set(available_scores(runs)):
+        raise InputError(f"--score {', '.join(args.score)}: not in every run's anytime.json "
+                         f"(available: {', '.join(available_scores(runs))})")
+    results = build_results(runs, seeds, cells=load_cells(out, methods, seeds), scores_wanted=args.score)
     for item in results["missing"]:
         error = out / item["method"] / f"seed{item['seed']}" / "error.txt"
         item["reason"] = failed.get((item["method"], item["seed"])) or (
@@ -178,14 +186,15 @@ def main(argv: list[str] | None = None) -> int:
             else "not run or unfinished")
     run_walls = {f"{m}/seed{s}": json.loads(p.read_text())["wall_s"] for m in methods for s in seeds
                  if (p := out / m / f"seed{s}" / "wall_time.json").is_file()}
-    means = results["scores"]["accuracy"]["mean_matrix"]
+    heat_score = next(iter(results["scores"]))
+    means = results["scores"][heat_score]["mean_matrix"]
     heat = {f"{m} ({means[m]['n']} seed{'s' if means[m]['n'] > 1 else ''})": means[m]["mean"]
             for m in HEATMAP_METHODS if m in means}
     if heat:
         import numpy as np
 
         atomic_write_bytes(out / "heatmaps.png", heatmaps_png({m: np.array(v, dtype=float) for m, v in heat.items()},
-                                                              results["domains"]))
+                                                              results["domains"], title=heat_score))
     from components.run_dir import git_sha, versions
 
     v = versions()

@@ -15,7 +15,7 @@ except ImportError:  # run as a script from a checkout that is not installed
 
 from components.errors import InputError  # noqa: E402
 from components.eval.compare import compare_runs, format_comparison, write_comparison_figure  # noqa: E402
-from components.eval.matrix import SCORES  # noqa: E402
+from components.eval.matrix import ALL_SCORES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compare anytime metrics (anytime.json) of several runs.")
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories holding anytime.json")
     parser.add_argument("--labels", help="comma-separated run labels (default: directory names)")
-    parser.add_argument("--score", choices=SCORES, default="accuracy", help="which score's metrics")
+    parser.add_argument("--score", choices=ALL_SCORES, default="accuracy", help="which score's metrics")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--figure", type=Path, metavar="PNG",
                         help="also write a side-by-side figure (anytime matrices + metric bars) to this file")

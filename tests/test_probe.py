@@ -81,3 +81,33 @@ def test_probe_matrices_are_additive_keys_of_anytime_json(tmp_path):
     assert saved["metrics_ci95"]["probe_macro_f1"]["A_all"] is None
     report = (tmp_path / "report.md").read_text()
     assert "## Linear-probe matrix" in report and "0.8000" in report
+
+
+def _anytime(tmp_path, name: str, shift: float, probe: bool) -> Path:
+    domains = ["d1", "d2"]
+    cells = [{"stage": i, "task": t, "seed": 0, "accuracy": 0.5 + shift, "macro_f1": 0.4}
+             for i in range(3) for t in domains]
+    probes = [{"stage": i, "task": t, "seed": 0, "accuracy": 0.6 + shift + 0.01 * i, "macro_f1": 0.5}
+              for i in range(3) for t in domains]
+    run = tmp_path / name
+    write_anytime_outputs(run, domains, cells, [0], {}, probes=probes if probe else None)
+    return run
+
+
+def test_results_table_and_compare_read_the_probe_scores(tmp_path):
+    from components.eval.compare import compare_runs
+    from components.eval.results_table import available_scores, build_results, results_markdown
+
+    runs = {m: {s: json.loads((_anytime(tmp_path, f"{m}{s}", 0.02 * s + (0.05 if m == "hprompt" else 0), True)
+                               / "anytime.json").read_text()) for s in (0, 1)} for m in ("ncl", "hprompt")}
+    assert available_scores(runs) == ["accuracy", "macro_f1", "probe_accuracy", "probe_macro_f1"]
+    results = build_results(runs, [0, 1])
+    paired = results["scores"]["probe_accuracy"]["paired_vs_reference"]["hprompt"]["A_all"]
+    assert paired["mean"] == pytest.approx(0.05)
+    assert "## Linear-probe accuracy" in results_markdown(results)
+    only = build_results(runs, [0, 1], scores_wanted=["probe_accuracy"])
+    assert list(only["scores"]) == ["probe_accuracy"]
+    runs["ncl"][1] = json.loads((_anytime(tmp_path, "old", 0.0, False) / "anytime.json").read_text())
+    assert available_scores(runs) == ["accuracy", "macro_f1"]  # one run without probes: fine-tuning scores only
+    cmp = compare_runs([tmp_path / "ncl0", tmp_path / "hprompt0"], score="probe_accuracy")
+    assert cmp["runs"][1]["metrics"]["A_all"] - cmp["runs"][0]["metrics"]["A_all"] == pytest.approx(0.05)

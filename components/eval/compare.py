@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import InputError
-from components.eval.matrix import SCORES
+from components.eval.matrix import ALL_SCORES
 from components.eval.metrics import METRIC_NAMES
 from components.io import atomic_write_bytes, read_json
 
@@ -48,8 +48,8 @@ def compare_runs(
     Returns ``{"score", "metrics": [names], "runs": [{"label", "dir", "metrics"}],
     "diff_vs_first": [{"label", "metrics"}]}``; labels default to the directory names.
     """
-    if score not in SCORES:
-        raise InputError(f"--score must be one of {', '.join(SCORES)}, got {score!r}")
+    if score not in ALL_SCORES:
+        raise InputError(f"--score must be one of {', '.join(ALL_SCORES)}, got {score!r}")
     if not run_dirs:
         raise InputError("give at least one run directory")
     dirs = [Path(d) for d in run_dirs]

@@ -17,6 +17,8 @@ import numpy as np
 from components.eval.metrics import METRIC_NAMES, all_metrics, mean_ci95
 
 SCORES: tuple[str, ...] = ("accuracy", "macro_f1")
+PROBE_SCORES: tuple[str, ...] = ("probe_accuracy", "probe_macro_f1")  # additive anytime.json keys (linear probes)
+ALL_SCORES: tuple[str, ...] = SCORES + PROBE_SCORES
 
 
 def _cell_values(

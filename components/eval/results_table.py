@@ -35,13 +35,14 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from components.eval.matrix import SCORES
+from components.eval.matrix import ALL_SCORES, SCORES
 from components.eval.metrics import METRIC_NAMES, all_metrics, mean_ci95
 
 TABLE_METRICS: tuple[str, ...] = ("A_all", "A_seen", "A_unseen", "A_final", "BWT", "FWT", "forgetting")
 BASE = "base"
 REFERENCE = "ncl"
-SCORE_TITLES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1"}
+SCORE_TITLES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "probe_accuracy": "Linear-probe accuracy",
+                "probe_macro_f1": "Linear-probe macro-F1"}
 _TOL = 1e-12
 
 Runs = Mapping[str, Mapping[int, "dict[str, Any] | None"]]  # method -> seed -> anytime.json dict or None
@@ -49,8 +50,8 @@ Runs = Mapping[str, Mapping[int, "dict[str, Any] | None"]]  # method -> seed -> 
 
 def run_matrix(anytime: Mapping[str, Any], score: str) -> np.ndarray:
     """The (N+1) x N matrix of ``score`` from an anytime.json dict (null cells -> NaN)."""
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if score not in ALL_SCORES:
+        raise ValueError(f"score must be one of {ALL_SCORES}, got {score!r}")
     return np.array([[np.nan if v is None else v for v in row] for row in anytime[score]], dtype=float)
 
 
@@ -145,13 +146,21 @@ def collapse_summary(cells: Mapping[str, Mapping[int, "list[dict] | None"]], see
     return out
 
 
+def available_scores(runs: Runs) -> list[str]:
+    """The fine-tuning scores, plus the probe scores when every existing run has them."""
+    present = [r for by_seed in runs.values() for r in by_seed.values() if r is not None]
+    return [s for s in ALL_SCORES if s in SCORES or (present and all(s in r for r in present))]
+
+
 def build_results(runs: Runs, seeds: Sequence[int], reference: str = REFERENCE,
-                  cells: Mapping[str, Mapping[int, "list[dict] | None"]] | None = None) -> dict[str, Any]:
+                  cells: Mapping[str, Mapping[int, "list[dict] | None"]] | None = None,
+                  scores_wanted: Sequence[str] | None = None) -> dict[str, Any]:
     """Aggregate the runs: per-method summaries, paired differences vs ``reference``, mean matrices.
 
     ``runs[method][seed]`` is the run's anytime.json dict or None (missing). The ``base`` row
     is derived from the reference's runs (row 0) when the reference is among the methods.
     ``cells[method][seed]`` (the run's cell records, or None) feeds the collapse guard.
+    ``scores_wanted``: the scores to tabulate (default: every score the runs have).
     """
     seeds = list(seeds)
     domains = _check_domains(runs)
@@ -159,15 +168,16 @@ def build_results(runs: Runs, seeds: Sequence[int], reference: str = REFERENCE,
     missing = [{"method": m, "seed": s} for m in methods for s in seeds if runs[m].get(s) is None]
     has_base = reference in runs
     rows = ([BASE] if has_base else []) + methods
+    score_names = list(scores_wanted or available_scores(runs))
     per_run: dict[str, dict[str, dict[int, dict[str, float | None]]]] = {}
-    for score in SCORES:
+    for score in score_names:
         per_run[score] = {m: {s: run_metrics(r, score) for s, r in runs[m].items() if r is not None and s in seeds}
                           for m in methods}
         if has_base:
             per_run[score][BASE] = {s: base_metrics(r, score) for s, r in runs[reference].items()
                                     if r is not None and s in seeds}
     scores: dict[str, Any] = {}
-    for score in SCORES:
+    for score in score_names:
         table, paired, matrices = {}, {}, {}
         for m in rows:
             by_seed = per_run[score][m]
@@ -239,8 +249,7 @@ def results_markdown(results: Mapping[str, Any], header: Sequence[tuple[str, Any
     lines += [f"- {k}: {v}" for k, v in header] + ([""] if header else [])
     lines += [f"Domains (in order): {' -> '.join(results['domains']) or 'n/a'}.", ""]
     lines += [f"- {n}" for n in results["notes"]] + [""]
-    for score in SCORES:
-        block = results["scores"][score]
+    for score, block in results["scores"].items():
         title = SCORE_TITLES[score]
         lines += [f"## {title}", ""]
         rows = []
