@@ -1,7 +1,7 @@
 """The main job: stage 0 (base model) .. stage N, anytime fine-tuning after every stage.
 
     validate config, every data file, the model           (before any expensive work)
-    tokenize corpora (cached), make the stage-0 model      (MLM-head warm-up, cached)
+    tokenize corpora (cached), make the stage-0 model      (shipped re-warm or MLM-head warm-up, cached)
     row 0: fine-tune the base model on every task          (Ray tasks; experts for UEGP/MoEGP)
     for t = 1..N: pre-train on domain t (Ray Train)  ->  row t on every task (Ray tasks)
     metrics, anytime.json/.csv, heatmap, report.md, W&B
@@ -31,7 +31,7 @@ from components.data.domains import Domain, DomainSummary, localize_corpus, reso
 from components.data.masking import MlmMasker
 from components.errors import InputError
 from components.faults import cell_fault, stage_fault
-from components.eval.cells import CellSpec, run_cell
+from components.eval.cells import CellSpec, run_cell, run_probe_row
 from components.eval.heldout import heldout_diagnostics
 from components.eval.matrix import build_matrix
 from components.eval.metrics import all_metrics, partial_metrics
@@ -41,7 +41,7 @@ from components.data.remote import redact
 from components.io import append_jsonl, atomic_write_json, read_json, read_jsonl
 from components.lock import hold
 from components.methods import TaskInfo, build_task_model, distill_active, pooling_for
-from components.models.head_warmup import prepare_base_model, weights_fingerprint
+from components.models.head_warmup import prepare_base_model, stage0_mode, weights_fingerprint
 from components.models.loading import load_tokenizer, masked_lm_from_state
 from components.models.masked_lm import MaskedLM
 from components.models.precision import resolve_precision
@@ -77,7 +77,9 @@ class Plan:
         p, f = cfg.pretrain, cfg.finetune
         names = [d.name for d in self.domains]
         lines = [f"plan: {len(names)} domains in order {', '.join(names)}; method '{cfg.methods.name}'",
-                 f"  stage 0: base model {cfg.model.name} (MLM-head warm-up: {cfg.model.head_warmup.mode})"]
+                 f"  stage 0: base model {cfg.model.name} ({stage0_mode(cfg.model)}"
+                 + (", shipped weights when the recipe matches)" if stage0_mode(cfg.model) == "rewarm"
+                    else f", MLM-head warm-up: {cfg.model.head_warmup.mode})")]
         for i, s in enumerate(self.summaries, 1):
             lines.append(f"  stage {i}: pre-train on {s.name} ({s.n_docs:,} docs of {s.corpus_source}) for {self.steps} steps "
                          f"x {p.batch_size * p.grad_accum} blocks/worker of {cfg.model.block_size} tokens")
@@ -128,7 +130,12 @@ def prepare(cfg: Config) -> Plan:
                           "finetune.max_length")  # fine-tuning inputs carry the same prompts
     if cfg.model.block_size > max_pos - 2 or cfg.finetune.max_length > max_pos - 2:
         raise InputError(f"model.block_size / finetune.max_length: at most {max_pos - 2} for {cfg.model.name}")
-    if cfg.model.head_warmup.mode != "never" and not Path(cfg.model.head_warmup.corpus).is_file():
+    if stage0_mode(cfg.model) == "rewarm":
+        if not Path(cfg.model.rewarm.corpus).is_file():
+            raise InputError(f"model.rewarm.corpus: file not found: {cfg.model.rewarm.corpus}")
+        if cfg.model.rewarm.block_size > max_pos - 2:
+            raise InputError(f"model.rewarm.block_size: at most {max_pos - 2} for {cfg.model.name}")
+    elif cfg.model.head_warmup.mode != "never" and not Path(cfg.model.head_warmup.corpus).is_file():
         raise InputError(f"model.head_warmup.corpus: file not found: {cfg.model.head_warmup.corpus}")
     for i, (d, s) in enumerate(zip(domains, summaries)):
         if cfg.finetune.coca.enabled:
@@ -182,6 +189,11 @@ def _diagnostics_task(cfg: Config, weights: dict, heldout: dict[str, np.ndarray]
 
 
 @ray.remote
+def _probe_task(cfg, stage, weights, base_weights, plugin_state, fingerprint, threads, tasks):
+    return run_probe_row(cfg, stage, weights, base_weights, plugin_state, fingerprint, threads, tasks)
+
+
+@ray.remote
 def _cell_task(cfg, spec, weights, base_weights, plugin_state, threads):
     return run_cell(cfg, spec, weights, base_weights, plugin_state, threads)
 
@@ -217,7 +229,7 @@ class Pipeline:
         self.tokens = Tokens(len(tok), tok.mask_token_id, tok.pad_token_id, list(tok.all_special_ids))
         self.tracker: Tracker | None = None
         self.blocks: dict[str, CorpusBlocks] = {}
-        self.pending: dict = {}          # ObjectRef -> (stage, task, seed)
+        self.pending: dict = {}          # ObjectRef -> (stage, task, seed); a probe row's is (stage, None, None)
         self.stage_refs: dict[int, tuple] = {}
         self.mirror: ResultsMirror | None = None
         self.rows: dict[int, Progress] = {}      # per anytime row: cells done / submitted
@@ -284,10 +296,7 @@ class Pipeline:
             atomic_write_json(self.run.base_info, info)  # first: a kill between the two leaves no model without it
             publish_dir(tmp, final)
         info = read_json(self.run.base_info)
-        print("stage 0: base model " + (
-            f"with its MLM head warmed up for {info.get('steps')} steps on general text "
-            f"(loss {info.get('loss_first', 0):.2f} -> {info.get('loss_last', 0):.2f})"
-            if info.get("head_warmup") else "with its own MLM head (no warm-up)"), flush=True)
+        print(f"stage 0: {stage0_summary(info)}", flush=True)
 
     # ------------------------------------------------------------------ stages
 
@@ -370,7 +379,8 @@ class Pipeline:
                         and t not in cfg.methods.distill.experts and not (self.run.expert(t) / "expert.json").is_file()}
         todo = [(i, t, s) for (i, t, s) in self.plan.cells if i == stage and (
             not self.run.cell(i, t, s).is_file() or (t in wants_expert and s == f.seeds[0]))]
-        if not todo:
+        probes = [t for t in self.names if cfg.eval.probe and not self.run.probe(stage, t).is_file()]
+        if not todo and not probes:
             return
         row_cells = [c for c in self.plan.cells if c[0] == stage]
         label = f"row {stage} ({'base' if stage == 0 else self.names[stage - 1]})"
@@ -380,6 +390,12 @@ class Pipeline:
         state, _ = self.plugin_state(stage)
         refs = (ray.put(weights), ray.put(self.weights(0)) if cfg.methods.hprompt.enabled else None,
                 ray.put(state) if state is not None else None)
+        if probes:  # one task per row: features once per (stage, task), shared by every seed
+            ref = _probe_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell, max_retries=f.max_retries,
+                                      retry_exceptions=[RuntimeError, OSError],
+                                      scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
+                cfg, stage, refs[0], refs[1], refs[2], fingerprint, cell_threads(cfg), probes)
+            self.pending[ref] = (stage, None, None)
         for (i, task, seed) in todo:
             spec = CellSpec(i, task, seed, fingerprint, keep_model=task in wants_expert and seed == f.seeds[0],
                             fault_marker=cell_fault(i, task, seed))
@@ -395,6 +411,13 @@ class Pipeline:
         while wanted:
             done, wanted = ray.wait(wanted, num_returns=1)
             i, task, seed = self.pending.pop(done[0])
+            if task is None:
+                records = ray.get(done[0])
+                for r in records:
+                    atomic_write_json(self.run.probe(i, r["task"]), r)
+                print(f"row {i}: linear probe accuracy " + ", ".join(f"{r['task']} {r['accuracy']:.3f}"
+                                                                     for r in records), flush=True)
+                continue
             record = ray.get(done[0])
             state = record.pop("model_state", None)
             if state is not None:
@@ -514,6 +537,19 @@ def precision_summary(run: RunDir) -> str:
     return f"pre-training {'/'.join(pre)}, fine-tuning cells {'/'.join(sorted(cells)) or 'n/a'}"
 
 
+def stage0_summary(base: dict) -> str:
+    """How the stage-0 model was made (base.json), in one line."""
+    if base.get("stage0") == "rewarm":
+        first, last = base["heldout_first"], base["heldout_last"]
+        return (f"whole-model MLM re-warm on general text, {base['steps']} steps (stopped by {base['stopped']}; "
+                f"held-out loss {first['mlm_loss']:.2f} -> {last['mlm_loss']:.2f}, top-1 {last['top1']:.3f}; "
+                f"weights sha256 {base['sha256'][:12]}, {'shipped' if base['source'] != 'trained' else 'trained here'})")
+    if base.get("head_warmup"):
+        return (f"MLM head warmed up {base.get('steps')} steps on general text, encoder frozen (loss "
+                f"{base.get('loss_first', 0):.2f} -> {base.get('loss_last', 0):.2f})")
+    return "the model as shipped, with its own MLM head"
+
+
 def write_report(cfg: Config, run: RunDir) -> dict:
     """Metrics and report from the cell files alone (what `--eval-only` runs)."""
     names = [d.name for d in cfg.domains]
@@ -525,12 +561,16 @@ def write_report(cfg: Config, run: RunDir) -> dict:
         "config": cfg.name, "method": cfg.methods.name, "model": cfg.model.name, "domains": " -> ".join(names),
         "seeds": cfg.finetune.seeds, "pretrain": f"{cfg.pretrain.max_steps} steps x {cfg.pretrain.batch_size} "
         f"x {cfg.model.block_size} tokens, lr {cfg.pretrain.lr}, {cfg.pretrain.num_workers} worker(s)",
-        "finetune": f"{cfg.finetune.epochs} epochs, max {cfg.finetune.max_train_examples} train / "
-        f"{cfg.finetune.max_eval_examples} eval examples, lr {cfg.finetune.lr}",
+        "finetune": f"{cfg.finetune.epochs} epochs, max {cfg.finetune.max_train_examples or 'all'} train / "
+        f"{cfg.finetune.max_eval_examples or 'all'} dev / {cfg.finetune.max_test_examples or 'all'} test examples, "
+        f"lr {cfg.finetune.lr}",
+        "linear probes": (f"on, at most {cfg.eval.probe_max_examples or 'all'} examples per split" if cfg.eval.probe
+                          else "off"),
         "hprompt": cfg.methods.hprompt.enabled, "distill": cfg.methods.distill.mode,
         "coca": cfg.finetune.coca.enabled, "repcali": cfg.finetune.repcali.enabled,
         "precision": precision_summary(run),
-        "stage-0 MLM head": (f"warmed up {base.get('steps')} steps on general text (loss {base.get('loss_first', 0):.2f}"
-                             f" -> {base.get('loss_last', 0):.2f})") if base.get("head_warmup") else "as shipped",
+        "stage 0": stage0_summary(base),
     }
-    return write_anytime_outputs(run.root, names, cells, cfg.finetune.seeds, summary, diagnostics_table(run, names))
+    probes = [read_json(p) for p in sorted((run.root / "probes").glob("*.json"))] if cfg.eval.probe else []
+    return write_anytime_outputs(run.root, names, cells, cfg.finetune.seeds, summary, diagnostics_table(run, names),
+                                 probes=[p for p in probes if p["task"] in names] or None)

@@ -54,6 +54,9 @@ class RunDir:
     def cell(self, stage: int, task: str, seed: int) -> Path:
         return self.root / "cells" / f"s{stage:02d}-{task}-seed{seed}.json"
 
+    def probe(self, stage: int, task: str) -> Path:
+        return self.root / "probes" / f"s{stage:02d}-{task}.json"
+
     def expert(self, task: str) -> Path:
         return self.root / "experts" / task
 

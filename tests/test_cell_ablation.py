@@ -21,7 +21,7 @@ def run_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A run directory as the pipeline leaves it, reduced to what a cell reads: config + stage 0."""
     run = tmp_path_factory.mktemp("run")
     cfg = load_config([REPO / "pipelines/configs/default.yaml"], [
-        f"model.name={tiny_model_dir}", "finetune.max_train_examples=24", "finetune.max_eval_examples=30",
+        f"model.name={tiny_model_dir}", "finetune.max_train_examples=24", "finetune.max_eval_examples=30", "finetune.max_test_examples=30",
         "finetune.epochs=1", "finetune.batch_size=8"], base_dir=REPO)
     (run / "config.yaml").write_text(dump_yaml(cfg))
     (run / "stages/00-base").mkdir(parents=True)

@@ -68,7 +68,7 @@ def test_a_stage_trains_and_a_cell_fine_tunes(family_dir, tmp_path):
     cfg = load_config([REPO_ROOT / "pipelines/configs/default.yaml"],
                       [f"model.name={family_dir}", "domains=[{name: laptop, path: data/laptop}]", "finetune.epochs=1",
                        "finetune.batch_size=8", "finetune.max_length=32", "finetune.max_train_examples=16",
-                       "finetune.max_eval_examples=16"])
+                       "finetune.max_eval_examples=16", "finetune.max_test_examples=16", "eval.probe_max_examples=20"])
     weights = dict(spec.init_weights)
     record = run_cell(cfg, CellSpec(0, "laptop", 0, weights_fingerprint(weights)), weights, None, None, 1)
     assert 0.0 <= record["accuracy"] <= 1.0 and sum(record["test_predicted_counts"]) == 16

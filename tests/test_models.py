@@ -38,7 +38,8 @@ def test_weights_round_trip_keeps_ties(tiny_model_dir):
 
 def test_head_warmup_is_seeded_cached_and_learns(tmp_path):
     cfg = load_config([REPO_ROOT / "pipelines/configs/default.yaml"],
-                      ["model.head_warmup.steps=6", "model.block_size=32", "model.head_warmup.batch_size=8"])
+                      ["model.stage0=head_warmup", "model.head_warmup.steps=6", "model.block_size=32",
+                       "model.head_warmup.batch_size=8"])
     tok = load_tokenizer(cfg.model.name)
     path, info = prepare_base_model(cfg.model, tok, tmp_path, seed=0)
     assert info["head_warmup"] and not info["cache_hit"] and info["loss_last"] < info["loss_first"]

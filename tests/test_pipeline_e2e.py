@@ -25,7 +25,8 @@ TINY = [
     "pretrain.num_workers=2", "pretrain.cpus_per_worker=1", "pretrain.batch_size=8", "pretrain.max_steps=6",
     "pretrain.lr=5.0e-4", "pretrain.checkpoint_every=2", "pretrain.log_every=2", "pretrain.eval_blocks=8",
     "pretrain.end_stage_blocks=8", "finetune.epochs=1", "finetune.batch_size=8", "finetune.max_length=48",
-    "finetune.max_train_examples=24", "finetune.max_eval_examples=32", "eval.anchor_positions=60",
+    "finetune.max_train_examples=24", "finetune.max_eval_examples=32", "finetune.max_test_examples=32", "eval.probe_max_examples=40",
+    "eval.anchor_positions=60",
 ]
 
 
@@ -83,6 +84,15 @@ def test_every_output_is_written(clean_run):
     assert [s["step"] for s in steps] == [2, 4, 6] and all(s["tokens_per_s"] > 0 for s in steps)
     report = (clean_run / "report.md").read_text()
     assert "held-out mlm_loss" in report and "anchor_r2@10" in report
+    # linear probes: one record per (stage, task), additive anytime.json keys, a report section
+    assert sorted(p.name for p in (clean_run / "probes").glob("*.json")) == [
+        f"s{i:02d}-{t}.json" for i in range(3) for t in ("acl", "laptop")]
+    for score in ("probe_accuracy", "probe_macro_f1"):
+        assert np.array(a[score], dtype=float).shape == (3, 2) and set(a["metrics"][score]) == set(a["metrics"]["accuracy"])
+    assert "## Linear-probe matrix" in report
+    # stage 0 is the shipped re-warm of the default model, checked by its fingerprint
+    base = json.loads((clean_run / "base.json").read_text())
+    assert base["stage0"] == "rewarm" and base["source"].endswith("data/stage0/minilm-l6-rewarm")
     for name in ("pretrain_loss", "heldout_mlm_loss", "task_scores"):
         png = clean_run / "plots" / f"{name}.png"
         assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 5000, name

@@ -16,11 +16,12 @@ from tests.test_hf_task import NAMES, hf_domain, laptop_as_hf
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # one CLI run, Ray start included
 
-TINY = ["model.block_size=32", "model.head_warmup.steps=3", "data.max_corpus_docs=200", "pretrain.num_workers=1",
+TINY = ["model.stage0=head_warmup", "model.block_size=32", "model.head_warmup.steps=3", "data.max_corpus_docs=200", "pretrain.num_workers=1",
         "pretrain.cpus_per_worker=1", "pretrain.batch_size=8", "pretrain.max_steps=4", "pretrain.checkpoint_every=2",
         "pretrain.log_every=2", "pretrain.eval_blocks=8", "pretrain.end_stage_blocks=8", "finetune.epochs=1",
         "finetune.batch_size=8", "finetune.max_length=48", "finetune.max_train_examples=24",
-        "finetune.max_eval_examples=32", "eval.anchor_positions=60", "finetune.cpus_per_cell=1"]
+        "finetune.max_eval_examples=32", "finetune.max_test_examples=32", "eval.probe_max_examples=40",
+        "eval.anchor_positions=60", "finetune.cpus_per_cell=1"]
 
 
 def run_cli(run_dir, cache, folder, *extra):

@@ -44,7 +44,7 @@ def sweep_config(tmp_path: Path, cache: Path):
         "model.head_warmup.steps=3", "pretrain.max_steps=2", "pretrain.cpus_per_worker=1", "pretrain.batch_size=8",
         "pretrain.eval_blocks=4", "pretrain.end_stage_blocks=4", "eval.anchor_positions=40",
         "finetune.epochs=3", "finetune.batch_size=8", "finetune.max_length=24", "finetune.lr=1.0e-5",
-        "sweep.reduction_factor=2", "sweep.grace_period=1", "tracking.wandb=disabled"]
+        "sweep.reduction_factor=2", "sweep.grace_period=1", "tracking.wandb=disabled", "eval.probe_max_examples=40"]
 
 
 def write_space(tmp_path: Path, text: str) -> Path:
