@@ -78,9 +78,9 @@ def test_packing_loses_and_duplicates_no_token() -> None:
 def test_cache_hit_does_no_tokenization_and_key_follows_content(tok, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
-    def spy(tokenizer, texts, batch_size=1000):
+    def spy(tokenizer, texts, batch_size=1000, **kwargs):
         calls.append(len(texts))
-        return encode_plain(tokenizer, texts, batch_size)
+        return encode_plain(tokenizer, texts, batch_size, **kwargs)
 
     monkeypatch.setattr(corpus_cache, "encode_plain", spy)
     dom = make_domain(tmp_path / "d", toy_docs(80))
