@@ -585,6 +585,8 @@ def stored_dict(cfg: Config) -> dict:
         for key in ("path", "corpus", "train", "dev", "test", "labels"):
             dom[key] = _portable(dom[key])
     d["model"]["head_warmup"]["corpus"] = _portable(d["model"]["head_warmup"]["corpus"])
+    for key in ("corpus", "shipped_dir"):
+        d["model"]["rewarm"][key] = _portable(d["model"]["rewarm"][key])
     d["methods"]["distill"]["experts"] = {k: _portable(v) for k, v in d["methods"]["distill"]["experts"].items()}
     return redact_tree(d)
 
