@@ -42,10 +42,12 @@ def _stage(tmp_path, tiny_model_dir, compile_: str, name: str) -> LocalSession:
 def test_compiled_stage_matches_eager(tmp_path, tiny_model_dir, monkeypatch):
     """Compiled steps (dynamo + AOT autograd; the aot_eager backend, because inductor's C++
     build takes many minutes on the 2-core CI machine) give every step's loss within 1e-4 of
-    eager's (about 10.4 nats on the tiny model) and recompile at most twice in 6 steps although
-    every step masks a different number of positions."""
+    eager's (about 10.4 nats on the tiny model), and nothing is recompiled in 6 steps although
+    every step masks a different number of positions (a recompile would raise: error_on_recompile,
+    and the step would fall back to eager, which `compiled` records)."""
     counter = CompileCounterWithBackend("aot_eager")
     monkeypatch.setattr(C, "BACKEND", counter)
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     eager = _stage(tmp_path, tiny_model_dir, "never", "eager")
     assert counter.frame_count == 0
     compiled = _stage(tmp_path, tiny_model_dir, "always", "compiled")
@@ -54,8 +56,7 @@ def test_compiled_stage_matches_eager(tmp_path, tiny_model_dir, monkeypatch):
     for a, b in zip(eager.metrics, compiled.metrics):
         assert abs(a["loss/mlm"] - b["loss/mlm"]) < 1e-4
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-3 * a["grad_norm"]
-    first_frames = 2  # the encoder graph, and the masked-only head after the graph break at hidden[picked]
-    assert counter.frame_count <= first_frames + 2  # one dynamic-shape recompile each, then no more
+    assert counter.frame_count > 0  # the encoder and the masked-only head (split by graph breaks at hidden[picked])
 
 
 def _tiny_task_model() -> TaskModel:

@@ -73,8 +73,8 @@ class CompiledStep:
             return step(self.eager)
 
     def _warn(self, e: BaseException) -> None:
-        while e.__cause__ is not None:  # the compiler's own error, not dynamo's wrapper
-            e = e.__cause__
+        while (inner := e.__cause__ or getattr(e, "inner_exception", None)) is not None:
+            e = inner  # the compiler's own error, not dynamo's wrapper
         first = (str(e).strip().splitlines() or [""])[0][:200]
         print(f"WARNING: torch.compile failed for {self.what} ({type(e).__name__}: {first}); "
               f"running eager from here on", file=sys.stderr, flush=True)

@@ -201,7 +201,8 @@ def run_stage(spec: StageSpec, session: Session) -> None:
                        spec.tokens.pad_id, cfg.data.mask_prob)
     precision = resolve_precision(p.precision, device)
     trained = session.wrap(objective, find_unused=bool(plugins))
-    runner = CompiledStep(trained, resolve_compile(p.compile, device, total), f"stage {stage.index} pre-training step")
+    runner = CompiledStep(trained, resolve_compile(p.compile, device, total), f"stage {stage.index} pre-training step",
+                          dynamic=True)  # the masked-only head sees a different number of rows every step
     objective.train()
 
     def accumulate(module: nn.Module, step: int) -> tuple[dict[str, float], int]:
