@@ -31,18 +31,11 @@ from safetensors.torch import load_file, save_file
 from components.config import RewarmConfig
 from components.data.masking import MlmMasker
 from components.errors import InputError
+from components.io import sha256_file as file_sha256
 from components.models.masked_lm import IGNORE, MaskedLM
 
 RECIPE = "recipe.json"
 WEIGHTS = "model.safetensors"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def recipe_key(base_fingerprint: str, cfg: RewarmConfig, corpus_sha256: str) -> str:
