@@ -371,7 +371,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     try:
         base = tiny()
         model = copy.deepcopy(base).train()
-        plugin = plugin_for(base).train()
+        plugin = plugin_for(base, query_view="masked").train()  # statistics of the queries computed below
         plugin.begin_stage(stage(1, "a"), model)
         # as in the loop: model + plug-ins wrapped together by DDP
         ddp = DistributedDataParallel(MlmObjective(model, [plugin]), find_unused_parameters=True)
