@@ -107,6 +107,8 @@ class MaskedLM(nn.Module):
         `prefix` [B, P, d] (prompt vectors) is prepended to the embeddings with its attention
         mask set to 1; its positions are dropped from the output.
         """
+        if prefix is not None and prefix.shape[1] == 0:
+            prefix = None  # an empty prefix is no prefix (no copy: the same kernels as without one)
         if prefix is not None:
             p = prefix.shape[1]
             embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
