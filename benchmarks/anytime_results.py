@@ -87,7 +87,8 @@ def parse_list(text: str, what: str, cast=str) -> list:
 
 
 def run_one(cfg: Config, run_dir: Path) -> float:
-    from components.pipeline import Pipeline, prepare
+    from components.run.execute import Pipeline
+    from components.run.plan import prepare
 
     t0 = time.time()
     Pipeline(cfg, run_dir, prepare(cfg)).execute()
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed: dict[tuple[str, int], str] = {}
     if not args.report_only:
-        from components.pipeline import prepare
+        from components.run.plan import prepare
 
         for m in methods:  # data, model and method checks before hours of training
             prepare(cfgs[(m, seeds[0])])
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
         atomic_write_bytes(out / "heatmaps.png", heatmaps_png({m: np.array(v, dtype=float) for m, v in heat.items()},
                                                               results["domains"], title=heat_score))
-    from components.run_dir import git_sha, versions
+    from components.run.run_dir import git_sha, versions
 
     v = versions()
     ref_cfg = cfgs[(methods[0], seeds[0])]

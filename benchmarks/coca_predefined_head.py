@@ -29,9 +29,9 @@ from components.config import load_config  # noqa: E402
 from components.data.domains import read_task, resolve_domain  # noqa: E402
 from components.data.task_encoding import default_template, encode_task  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.finetune.task_model import TaskBatch  # noqa: E402
-from components.methods import TaskInfo, build_task_model  # noqa: E402
+from components.methods.registry import TaskInfo, build_task_model  # noqa: E402
 from components.models.loading import load_tokenizer  # noqa: E402
+from components.models.task_model import TaskBatch  # noqa: E402
 
 
 def main() -> None:

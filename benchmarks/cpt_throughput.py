@@ -41,14 +41,15 @@ import torch  # noqa: E402
 
 from components.config import REPO_ROOT, load_config  # noqa: E402
 from components.data.masking import MlmMasker  # noqa: E402
+from components.methods.registry import build_pretrain_plugins  # noqa: E402
 from components.models.compile import resolve_compile  # noqa: E402
 from components.models.loading import load_masked_lm, load_tokenizer  # noqa: E402
 from components.models.masked_lm import MaskedLM  # noqa: E402
 from components.models.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from components.models.schedule import make_adamw, make_scheduler  # noqa: E402
 from components.pretrain.expert_kd import ExpertSpec, logits_file_key  # noqa: E402
 from components.pretrain.loop import LocalSession, MlmObjective, StageSpec, Tokens, run_stage, save_checkpoint  # noqa: E402
 from components.pretrain.plugin import StageInfo  # noqa: E402
-from components.pretrain.schedule import make_adamw, make_scheduler  # noqa: E402
 from components.ray_env import LEAN_RAY_ENV  # noqa: E402
 
 B_VARIANTS = {"b_fp32": ("fp32", "never"), "b_fp32_compile": ("fp32", "always"),
@@ -121,7 +122,7 @@ def our_loop(spec: StageSpec, root: Path, device: str) -> dict:
     report warm up), and the compile time: the first report's elapsed time minus its steps at
     the measured rate."""
     session = LocalSession(root, device)
-    run_stage(spec, session)
+    run_stage(spec, session, build_pretrain_plugins)
     first, last = session.metrics[0], session.metrics[-1]
     step_s = (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"])
     return {"tokens_per_s": _rate(session.metrics), "step_s": step_s,
@@ -166,7 +167,7 @@ def ray_loop(spec: StageSpec, root: Path, env: dict[str, str], device: str) -> d
     import psutil
     import ray
 
-    from components.pretrain.ray_stage import train_stage
+    from components.run.ray_stage import train_stage
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -59,7 +59,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from components.finetune.coca import Coca, adversarial_delta, head_divergence, project  # noqa: E402
 from components.finetune.loop import task_loss  # noqa: E402
-from components.finetune.task_model import TaskBatch, TaskModel  # noqa: E402
+from components.models.task_model import TaskBatch, TaskModel  # noqa: E402
 from components.models.masked_lm import MaskedLM, mean_pool  # noqa: E402
 from components.pretrain.expert_kd import mask_last_content  # noqa: E402
 from components.pretrain.hprompt import HPromptPlugin  # noqa: E402
@@ -254,7 +254,7 @@ def _coca_main(args, cfg) -> list[dict]:
     from components.data.domains import read_task, resolve_domain
     from components.data.task_encoding import default_template, encode_task
     from components.errors import InputError
-    from components.methods import TaskInfo, build_task_model
+    from components.methods.registry import TaskInfo, build_task_model
     from components.models.loading import load_tokenizer
 
     names = [d.name for d in cfg.domains]

@@ -11,20 +11,14 @@ cell, is ``None``, never NaN.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-METRIC_NAMES: tuple[str, ...] = (
-    "A_all",
-    "A_seen",
-    "A_unseen",
-    "A_final",
-    "learning_accuracy",
-    "BWT",
-    "FWT",
-    "forgetting",
-)
+from components.config import MetricName
+
+METRIC_NAMES: tuple[str, ...] = typing.get_args(MetricName)  # names declared by the config schema
 
 # Two-sided 95% Student-t critical values t_{0.975, df} for df = 1..30.
 _T975: tuple[float, ...] = (

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from components.config import CocaConfig
 from components.errors import InputError
 from components.finetune.plugin import FinetunePlugin
-from components.finetune.task_model import TaskBatch, TaskModel, TaskOutput
+from components.models.task_model import TaskBatch, TaskModel, TaskOutput
 
 Divergence = Literal["sym_kl", "js"]
 

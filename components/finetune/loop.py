@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from components.config import FinetuneConfig
-from components.eval.scores import accuracy, macro_f1
 from components.finetune.plugin import FinetunePlugin
-from components.finetune.task_model import TaskBatch, TaskModel
+from components.finetune.scores import accuracy, macro_f1
 from components.models.compile import CompiledStep, resolve_compile
 from components.models.precision import autocast_for
-from components.pretrain.schedule import fused_adamw, make_scheduler
+from components.models.schedule import fused_adamw, make_scheduler
+from components.models.task_model import TaskBatch, TaskModel
 
 
 @dataclass

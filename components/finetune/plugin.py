@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.finetune.task_model import TaskBatch, TaskModel, TaskOutput
+from components.models.task_model import TaskBatch, TaskModel, TaskOutput
 
 
 class FinetunePlugin(nn.Module):

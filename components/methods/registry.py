@@ -19,10 +19,10 @@ from components.config import Config
 from components.finetune.coca import Coca
 from components.finetune.plugin import FinetunePlugin
 from components.finetune.repcali import build_repcali
-from components.finetune.task_model import TaskModel
 from components.finetune.verbalizers import verbalizer_ids
 from components.models.loading import masked_lm_from_state
 from components.models.masked_lm import MaskedLM
+from components.models.task_model import TaskModel
 from components.pretrain.expert_kd import ExpertKDPlugin
 from components.pretrain.hprompt import HPromptPlugin
 from components.pretrain.hypernetwork import build_prompt_generator

@@ -38,10 +38,10 @@ from torch import nn
 
 from components.config import DistillConfig
 from components.errors import InputError
-from components.models.precision import autocast_for, resolve_precision
-from components.finetune.task_model import TaskBatch, TaskModel
 from components.io import atomic_write_bytes, atomic_write_json
 from components.models.masked_lm import MaskedLM
+from components.models.precision import autocast_for, resolve_precision
+from components.models.task_model import TaskBatch, TaskModel
 from components.pretrain.experts import expert_fingerprint, expert_head, load_expert, read_expert_meta
 from components.pretrain.plugin import PretrainPlugin, StageInfo
 

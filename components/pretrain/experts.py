@@ -30,8 +30,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from components.errors import InputError
-from components.finetune.task_model import TaskModel
 from components.io import atomic_write_json, sha256_file
+from components.models.task_model import TaskModel
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"

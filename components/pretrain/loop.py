@@ -23,6 +23,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -34,13 +35,12 @@ from torch import nn
 from components.checkpoint import load_module, load_tree, save_module, save_tree
 from components.config import Config
 from components.data.masking import MlmMasker
-from components.methods import build_pretrain_plugins
 from components.models.loading import masked_lm_from_state
 from components.models.masked_lm import MaskedLM
 from components.models.compile import CompiledStep, resolve_compile
 from components.models.precision import autocast_for, resolve_precision
+from components.models.schedule import make_adamw, make_scheduler
 from components.pretrain.plugin import PretrainPlugin, StageInfo
-from components.pretrain.schedule import make_adamw, make_scheduler
 
 
 
@@ -170,14 +170,18 @@ def maybe_inject_fault(spec: StageSpec, step: int, session: Session) -> None:
         os._exit(1)
 
 
-def run_stage(spec: StageSpec, session: Session) -> None:
-    """Train one domain stage; report metrics and checkpoints through `session`."""
+PluginBuilder = Callable[["StageSpec", MaskedLM], list[PretrainPlugin]]
+
+
+def run_stage(spec: StageSpec, session: Session, build_plugins: PluginBuilder) -> None:
+    """Train one domain stage; report metrics and checkpoints through `session`. `build_plugins`
+    makes the stage's method plug-ins (`components.methods.registry.build_pretrain_plugins`)."""
     cfg, stage, p = spec.config, spec.stage, spec.config.pretrain
     device = session.device
     model = MaskedLM(masked_lm_from_state(cfg.model.name, spec.init_weights))
     seed = mix_seed(cfg.seed, stage.index)
     torch.manual_seed(mix_seed(seed, 2))  # plug-in initialisation: a function of (seed, stage), not of the process's history
-    plugins = build_pretrain_plugins(spec, model)
+    plugins = build_plugins(spec, model)
     objective = MlmObjective(model, plugins).to(device)
     optimizer = make_adamw(list(objective.named_parameters()), p.lr, p.weight_decay)
     total = spec.total_steps

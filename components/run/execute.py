@@ -1,7 +1,7 @@
 """The main job: stage 0 (base model) .. stage N, anytime fine-tuning after every stage.
 
     validate config, every data file, the model           (before any expensive work)
-    tokenize corpora (cached), make the stage-0 model      (shipped re-warm or MLM-head warm-up, cached)
+    tokenize corpora (cached), make the stage-0 model      (MLM-head warm-up, cached)
     row 0: fine-tune the base model on every task          (Ray tasks; experts for UEGP/MoEGP)
     for t = 1..N: pre-train on domain t (Ray Train)  ->  row t on every task (Ray tasks)
     metrics, anytime.json/.csv, heatmap, report.md, W&B
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,139 +25,31 @@ from safetensors.torch import load_file
 from components.checkpoint import load_tree, publish_dir, staging_dir
 from components.config import Config, stored_dict
 from components.data.corpus_cache import CorpusBlocks, load_corpus_blocks, task_fingerprints, tokenizer_fingerprint
-from components.data.domains import Domain, DomainSummary, localize_corpus, resolve_domain, validate_domain
-from components.data.masking import MlmMasker
 from components.errors import InputError
-from components.faults import cell_fault, stage_fault
-from components.eval.cells import CellSpec, run_cell, run_probe_row
-from components.eval.heldout import heldout_diagnostics
 from components.eval.matrix import build_matrix
 from components.eval.metrics import all_metrics, partial_metrics
-from components.eval.report import write_anytime_outputs
-from components.finetune.verbalizers import verbalizer_ids
-from components.data.remote import redact
-from components.io import append_jsonl, atomic_write_json, read_json, read_jsonl
+from components.io import append_jsonl, atomic_write_json, read_json, read_jsonl, redact
 from components.lock import hold
-from components.methods import TaskInfo, build_task_model, distill_active, pooling_for
-from components.models.head_warmup import prepare_base_model, stage0_mode, weights_fingerprint
-from components.models.loading import load_tokenizer, masked_lm_from_state
-from components.models.masked_lm import MaskedLM
+from components.methods.registry import TaskInfo, build_task_model, distill_active, pooling_for
+from components.models.head_warmup import prepare_base_model, weights_fingerprint
 from components.models.precision import resolve_precision
-from components.ray_env import apply_lean_ray_env
-from components.pretrain.expert_kd import ExpertSpec, expert_logits_cache, experts_for_stage, logits_file_key
+from components.pretrain.expert_kd import ExpertSpec, experts_for_stage, logits_file_key
 from components.pretrain.experts import read_expert_meta, save_expert
-from components.pretrain.hprompt import check_prompt_fits, check_prompt_width
-from components.pretrain.loop import StageSpec, Tokens, steps_for
+from components.pretrain.loop import StageSpec, Tokens
 from components.pretrain.plugin import StageInfo
-from components.pretrain.ray_stage import train_stage
 from components.progress import Progress, RunProgress
-from components.results_mirror import ResultsMirror, open_destination
+from components.run.cells import CellSpec
+from components.run.faults import cell_fault, stage_fault
+from components.run.plan import Plan, check_blocks
 from components.run.resources import check_cluster
-from components.run_dir import RunDir, check_same_run, git_sha, hardware, versions, write_config_and_manifest
+from components.run.ray_stage import train_stage
+from components.run.report import stage0_summary, write_report
+from components.run.results_mirror import ResultsMirror
+from components.run.run_dir import RunDir, check_same_run, git_sha, hardware, versions, write_config_and_manifest
+from components.run.tasks import (OUTSIDE_ANY_PLACEMENT_GROUP, cell_task, cell_threads, diagnostics_task,
+                                  probe_task,
+                                  expert_logits_task, init_ray)
 from components.tracking.wandb_tracker import Tracker
-
-
-# Tasks request their own resources: a sweep trial's placement group must not capture them.
-OUTSIDE_ANY_PLACEMENT_GROUP = "DEFAULT"
-
-
-@dataclass
-class Plan:
-    """What validation found and what the run will do."""
-
-    domains: list[Domain]
-    summaries: list[DomainSummary]
-    tokenizer: object
-    steps: int
-    cells: list[tuple[int, str, int]] = field(default_factory=list)
-
-    def describe(self, cfg: Config) -> str:
-        p, f = cfg.pretrain, cfg.finetune
-        names = [d.name for d in self.domains]
-        lines = [f"plan: {len(names)} domains in order {', '.join(names)}; method '{cfg.methods.name}'",
-                 f"  stage 0: base model {cfg.model.name} ({stage0_mode(cfg.model)}"
-                 + (", shipped weights when the recipe matches)" if stage0_mode(cfg.model) == "rewarm"
-                    else f", MLM-head warm-up: {cfg.model.head_warmup.mode})")]
-        for i, s in enumerate(self.summaries, 1):
-            lines.append(f"  stage {i}: pre-train on {s.name} ({s.n_docs:,} docs of {s.corpus_source}) for {self.steps} steps "
-                         f"x {p.batch_size * p.grad_accum} blocks/worker of {cfg.model.block_size} tokens")
-        lines.append(f"  anytime cells: {len(self.cells)} = {len(names) + 1} rows x {len(names)} tasks x "
-                     f"{len(f.seeds)} seeds; each {f.cpus_per_cell} CPU, {f.gpus_per_cell} GPU")
-        lines.append(f"  pre-training: {p.num_workers} workers x {p.cpus_per_worker} CPU"
-                     f"{' + 1 GPU' if p.use_gpu else ''}; DDP backend {'nccl' if p.use_gpu else 'gloo'}")
-        for s in self.summaries:
-            lines.append(f"  task {s.name}: " + ", ".join(f"{k} {v}" for k, v in s.examples.items())
-                         + f"; {'pair' if s.is_pair else 'single'} text; "
-                         + ("regression" if s.is_regression else f"{len(s.label_names)} labels"))
-        return "\n".join(lines)
-
-
-def check_blocks(cfg: Config, domain: str, n_train: int, n_heldout: int) -> None:
-    """After tokenization: every pre-training worker needs a block of its own (an empty shard
-    gives a NaN loss), and the held-out diagnostics need at least one block."""
-    workers = cfg.pretrain.num_workers
-    if n_train < workers:
-        raise InputError(f"domain '{domain}': {n_train} training block(s) of {cfg.model.block_size} tokens for "
-                         f"pretrain.num_workers {workers}; every worker needs at least one (lower "
-                         "pretrain.num_workers or model.block_size, or give more text)")
-    if n_heldout == 0:
-        raise InputError(f"domain '{domain}': no held-out block of {cfg.model.block_size} tokens for the "
-                         "held-out diagnostics (raise data.heldout_fraction or give more text)")
-
-
-def prepare(cfg: Config) -> Plan:
-    """Validate everything that can be checked without training; raise InputError on the first problem."""
-    domains = [localize_corpus(resolve_domain(d), cfg.data.cache_dir) for d in cfg.domains]
-    progress = Progress("validate", len(domains), "domains (every file read in full)", every_s=5.0)
-    summaries = []
-    for i, d in enumerate(domains, 1):
-        summaries.append(validate_domain(d))
-        progress.update(i, d.name)
-    progress.close()
-    tokenizer = load_tokenizer(cfg.model.name)
-    from transformers import AutoConfig
-
-    from components.models.loading import resolve_model
-
-    model_config = AutoConfig.from_pretrained(resolve_model(cfg.model.name))
-    max_pos = model_config.max_position_embeddings
-    if cfg.methods.hprompt.enabled:
-        check_prompt_width(model_config)
-        check_prompt_fits(cfg.model.block_size, cfg.methods.hprompt.prompt_length, max_pos - 2)
-        check_prompt_fits(cfg.finetune.max_length, cfg.methods.hprompt.prompt_length, max_pos - 2,
-                          "finetune.max_length")  # fine-tuning inputs carry the same prompts
-    if cfg.model.block_size > max_pos - 2 or cfg.finetune.max_length > max_pos - 2:
-        raise InputError(f"model.block_size / finetune.max_length: at most {max_pos - 2} for {cfg.model.name}")
-    if stage0_mode(cfg.model) == "rewarm":
-        if not Path(cfg.model.rewarm.corpus).is_file():
-            raise InputError(f"model.rewarm.corpus: file not found: {cfg.model.rewarm.corpus}")
-        if cfg.model.rewarm.block_size > max_pos - 2:
-            raise InputError(f"model.rewarm.block_size: at most {max_pos - 2} for {cfg.model.name}")
-    elif cfg.model.head_warmup.mode != "never" and not Path(cfg.model.head_warmup.corpus).is_file():
-        raise InputError(f"model.head_warmup.corpus: file not found: {cfg.model.head_warmup.corpus}")
-    for i, (d, s) in enumerate(zip(domains, summaries)):
-        if cfg.finetune.coca.enabled:
-            if s.is_regression:
-                raise InputError(f"finetune.coca: task '{d.name}' is a regression task; CoCa needs classes")
-            verbalizer_ids(s.label_names, tokenizer, d.verbalizers, where=f"domains[{i}].verbalizers")
-    for task, path in cfg.methods.distill.experts.items():
-        read_expert_meta(path)
-    if cfg.ray.results_uri:
-        open_destination(cfg.ray.results_uri)
-    names = [d.name for d in domains]
-    cells = [(i, t, s) for i in range(len(names) + 1) for t in names for s in cfg.finetune.seeds]
-    return Plan(domains, summaries, tokenizer, steps_for(cfg, cfg.pretrain.num_workers), cells)
-
-
-def init_ray(cfg: Config) -> None:
-    """Join the cluster in `ray.address` / RAY_ADDRESS, or start a local instance."""
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    apply_lean_ray_env()
-    ray.init(address=address, log_to_driver=True, configure_logging=False, logging_level=cfg.ray.log_level,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
-                                       os.environ.get("HF_HUB_OFFLINE", "0")}} if not address else None)
 
 
 def _stage_train_subset(blocks: np.ndarray, needed: int, seed: int) -> np.ndarray:
@@ -169,49 +59,6 @@ def _stage_train_subset(blocks: np.ndarray, needed: int, seed: int) -> np.ndarra
         return blocks
     rows = np.sort(np.random.default_rng(seed).permutation(len(blocks))[:needed])
     return blocks[rows]
-
-
-def cell_threads(cfg: Config) -> int:
-    """Torch threads of a cell-sized task: its CPU share rounded down, at least 1 (0.66 CPU -> 1)."""
-    return int(max(1, cfg.finetune.cpus_per_cell))
-
-
-@ray.remote
-def _diagnostics_task(cfg: Config, weights: dict, heldout: dict[str, np.ndarray], tokens: Tokens, threads: int) -> dict:
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-    model = MaskedLM(masked_lm_from_state(cfg.model.name, weights))
-    masker = MlmMasker(tokens.vocab_size, tokens.mask_id, tokens.special_ids, tokens.pad_id, cfg.data.mask_prob)
-    return {name: heldout_diagnostics(model, blocks, masker, tokens.pad_id, cfg.eval.anchor_ks,
-                                      cfg.eval.anchor_positions, precision=cfg.finetune.precision)
-            for name, blocks in heldout.items()}
-
-
-@ray.remote
-def _probe_task(cfg, stage, weights, base_weights, plugin_state, fingerprint, threads, tasks):
-    return run_probe_row(cfg, stage, weights, base_weights, plugin_state, fingerprint, threads, tasks)
-
-
-@ray.remote
-def _cell_task(cfg, spec, weights, base_weights, plugin_state, threads):
-    return run_cell(cfg, spec, weights, base_weights, plugin_state, threads)
-
-
-@ray.remote
-def _expert_logits_task(cfg: Config, expert_dir: str, blocks: np.ndarray, fingerprint: str, base_weights: dict,
-                        tokens: Tokens, threads: int) -> np.ndarray:
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-    tokenizer = load_tokenizer(cfg.model.name)
-
-    def build(meta: dict):
-        return build_task_model(cfg, base_weights, TaskInfo(meta["task"], meta.get("label_names")), tokenizer)[0]
-
-    path = expert_logits_cache(expert_dir, blocks, tokens.pad_id, cfg.data.cache_dir, fingerprint, build,
-                               mask_id=tokens.mask_id, precision=cfg.finetune.precision)
-    return np.load(path)
 
 
 class Pipeline:
@@ -230,7 +77,6 @@ class Pipeline:
         self.tracker: Tracker | None = None
         self.blocks: dict[str, CorpusBlocks] = {}
         self.pending: dict = {}          # ObjectRef -> (stage, task, seed); a probe row's is (stage, None, None)
-        self.stage_refs: dict[int, tuple] = {}
         self.mirror: ResultsMirror | None = None
         self.rows: dict[int, Progress] = {}      # per anytime row: cells done / submitted
         self.progress: RunProgress | None = None
@@ -342,7 +188,7 @@ class Pipeline:
             threads = cell_threads(cfg)
             for task in experts_for_stage(cfg.methods.distill.mode, stage, available):
                 meta = read_expert_meta(available[task])
-                arrays[logits_file_key(task)] = ray.get(_expert_logits_task.options(
+                arrays[logits_file_key(task)] = ray.get(expert_logits_task.options(
                     num_cpus=cfg.finetune.cpus_per_cell, num_gpus=cfg.finetune.gpus_per_cell,
                     scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
                     cfg, available[task], train, fingerprint, base, self.tokens, threads))
@@ -391,15 +237,15 @@ class Pipeline:
         refs = (ray.put(weights), ray.put(self.weights(0)) if cfg.methods.hprompt.enabled else None,
                 ray.put(state) if state is not None else None)
         if probes:  # one task per row: features once per (stage, task), shared by every seed
-            ref = _probe_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell, max_retries=f.max_retries,
-                                      retry_exceptions=[RuntimeError, OSError],
-                                      scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
+            ref = probe_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell, max_retries=f.max_retries,
+                                     retry_exceptions=[RuntimeError, OSError],
+                                     scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
                 cfg, stage, refs[0], refs[1], refs[2], fingerprint, cell_threads(cfg), probes)
             self.pending[ref] = (stage, None, None)
         for (i, task, seed) in todo:
             spec = CellSpec(i, task, seed, fingerprint, keep_model=task in wants_expert and seed == f.seeds[0],
                             fault_marker=cell_fault(i, task, seed))
-            ref = _cell_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell, max_retries=f.max_retries,
+            ref = cell_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell, max_retries=f.max_retries,
                                      retry_exceptions=[RuntimeError, OSError],
                                      scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
                 cfg, spec, refs[0], refs[1], refs[2], cell_threads(cfg))
@@ -447,7 +293,7 @@ class Pipeline:
         if stage in {r["stage"] for r in read_jsonl(path)}:
             return
         heldout = {n: self.blocks[n].heldout[:self.cfg.pretrain.eval_blocks] for n in self.names}
-        out = ray.get(_diagnostics_task.options(num_cpus=self.cfg.finetune.cpus_per_cell,
+        out = ray.get(diagnostics_task.options(num_cpus=self.cfg.finetune.cpus_per_cell,
                                                 scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
             self.cfg, self.weights(stage), heldout, self.tokens, cell_threads(self.cfg)))
         record = {"stage": stage, "row": "base" if stage == 0 else self.names[stage - 1], "domains": out}
@@ -514,63 +360,3 @@ class Pipeline:
         return self.finish()
 
 
-def diagnostics_table(run: RunDir, names: list[str]) -> dict:
-    records = sorted(read_jsonl(run.metrics("stages.jsonl")), key=lambda r: r["stage"])
-    keys = list(records[0]["domains"][names[0]].keys()) if records else []
-    out = {}
-    for k in keys:
-        out[f"held-out {k}"] = {
-            "rows": [r["row"] for r in records], "columns": names,
-            "values": [[r["domains"][n][k] for n in names] for r in records],
-            "note": ("mean MLM cross-entropy on each domain's held-out blocks (same masks every stage)"
-                     if k == "mlm_loss" else "anchor-vector R^2 of the bulk log-partition (DESIGN.md 3.5)"),
-        }
-    return out
-
-
-def precision_summary(run: RunDir) -> str:
-    """The precision actually used: pre-training from the per-step records, cells from theirs."""
-    mdir = run.metrics("")
-    steps = [r for p in sorted(mdir.glob("pretrain_stage*.jsonl")) for r in read_jsonl(p)[:1]] if mdir.is_dir() else []
-    cells = {read_json(p).get("precision", "fp32") for p in (run.root / "cells").glob("*.json")}
-    pre = sorted({"bf16" if s.get("bf16") else "fp32" for s in steps}) or ["n/a"]
-    return f"pre-training {'/'.join(pre)}, fine-tuning cells {'/'.join(sorted(cells)) or 'n/a'}"
-
-
-def stage0_summary(base: dict) -> str:
-    """How the stage-0 model was made (base.json), in one line."""
-    if base.get("stage0") == "rewarm":
-        first, last = base["heldout_first"], base["heldout_last"]
-        return (f"whole-model MLM re-warm on general text, {base['steps']} steps (stopped by {base['stopped']}; "
-                f"held-out loss {first['mlm_loss']:.2f} -> {last['mlm_loss']:.2f}, top-1 {last['top1']:.3f}; "
-                f"weights sha256 {base['sha256'][:12]}, {'shipped' if base['source'] != 'trained' else 'trained here'})")
-    if base.get("head_warmup"):
-        return (f"MLM head warmed up {base.get('steps')} steps on general text, encoder frozen (loss "
-                f"{base.get('loss_first', 0):.2f} -> {base.get('loss_last', 0):.2f})")
-    return "the model as shipped, with its own MLM head"
-
-
-def write_report(cfg: Config, run: RunDir) -> dict:
-    """Metrics and report from the cell files alone (what `--eval-only` runs)."""
-    names = [d.name for d in cfg.domains]
-    cells = [read_json(p) for p in sorted((run.root / "cells").glob("*.json"))]
-    if not cells:
-        raise InputError(f"{run.root}: no cell results to report (cells/ is empty)")
-    base = read_json(run.base_info) if run.base_info.is_file() else {}
-    summary = {
-        "config": cfg.name, "method": cfg.methods.name, "model": cfg.model.name, "domains": " -> ".join(names),
-        "seeds": cfg.finetune.seeds, "pretrain": f"{cfg.pretrain.max_steps} steps x {cfg.pretrain.batch_size} "
-        f"x {cfg.model.block_size} tokens, lr {cfg.pretrain.lr}, {cfg.pretrain.num_workers} worker(s)",
-        "finetune": f"{cfg.finetune.epochs} epochs, max {cfg.finetune.max_train_examples or 'all'} train / "
-        f"{cfg.finetune.max_eval_examples or 'all'} dev / {cfg.finetune.max_test_examples or 'all'} test examples, "
-        f"lr {cfg.finetune.lr}",
-        "linear probes": (f"on, at most {cfg.eval.probe_max_examples or 'all'} examples per split" if cfg.eval.probe
-                          else "off"),
-        "hprompt": cfg.methods.hprompt.enabled, "distill": cfg.methods.distill.mode,
-        "coca": cfg.finetune.coca.enabled, "repcali": cfg.finetune.repcali.enabled,
-        "precision": precision_summary(run),
-        "stage 0": stage0_summary(base),
-    }
-    probes = [read_json(p) for p in sorted((run.root / "probes").glob("*.json"))] if cfg.eval.probe else []
-    return write_anytime_outputs(run.root, names, cells, cfg.finetune.seeds, summary, diagnostics_table(run, names),
-                                 probes=[p for p in probes if p["task"] in names] or None)

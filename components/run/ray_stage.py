@@ -29,6 +29,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
 
 from components.io import append_jsonl, read_jsonl
+from components.methods.registry import build_pretrain_plugins
 from components.pretrain.loop import StageSpec, run_stage
 from components.progress import Progress
 
@@ -85,7 +86,7 @@ def _worker(config: dict) -> None:
     if isinstance(spec, ray.ObjectRef):
         spec = ray.get(spec)
     quiet_report_lines(spec.config.ray.log_level)
-    run_stage(spec, RaySession())
+    run_stage(spec, RaySession(), build_pretrain_plugins)
 
 
 class MetricsCallback(UserCallback):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from components.config import Config, to_dict
 from components.errors import InputError
-from components.sweep import (OBJECTIVE, load_space, pretrain_key, run_trial, searcher, shares_pretraining,
-                              tune_space, write_outputs)
+from components.sweep.space import load_space, searcher, tune_space
+from components.sweep.trial import OBJECTIVE, pretrain_key, run_trial, shares_pretraining, write_outputs
 
 
 @dataclass
@@ -31,7 +31,7 @@ class SweepPlan:
 
 def plan_sweep(cfg: Config, space_file: Path, search: str) -> SweepPlan:
     """Validate the space, the searcher and the pipeline's inputs: before Ray or any trial starts."""
-    from components.pipeline import prepare
+    from components.run.plan import prepare
 
     space = load_space(space_file, cfg)
     return SweepPlan(space, search, searcher(search, space, OBJECTIVE, cfg.sweep.mode, cfg.seed), prepare(cfg))
@@ -42,9 +42,10 @@ def run_sweep(cfg: Config, sweep_plan: SweepPlan, sweep_dir: Path, num_samples: 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from components.pipeline import Pipeline, init_ray
-    from components.results_mirror import uri_join
+    from components.run.execute import Pipeline
+    from components.run.tasks import init_ray
     from components.run.resources import check_cluster
+    from components.run.results_mirror import uri_join
 
     space, algo, plan = sweep_plan.space, sweep_plan.algo, sweep_plan.plan
     sweep_dir.mkdir(parents=True, exist_ok=True)
