@@ -17,7 +17,7 @@ from pathlib import Path
 from components.data.remote import copy_stream, filesystem
 from components.errors import InputError
 from components.io import atomic_write_json, read_json
-from components.run_dir import RunDir
+from components.run.run_dir import RunDir
 
 STATE = ".mirror.json"
 
