@@ -46,7 +46,7 @@ from components.data.corpus_cache import load_corpus_blocks  # noqa: E402
 from components.data.domains import resolve_domain  # noqa: E402
 from components.data.masking import MlmMasker  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.eval.cells import CellSpec, run_cell, run_probe_row  # noqa: E402
+from components.run.cells import CellSpec, run_cell, run_probe_row  # noqa: E402
 from components.eval.metrics import mean_ci95  # noqa: E402
 from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from components.models.head_warmup import prepare_base_model  # noqa: E402

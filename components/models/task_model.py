@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -76,3 +77,19 @@ class TaskModel(nn.Module):
         """The MLM head at the slot, restricted to one verbalizer token per class: [B, C]."""
         h = out.embedding if self.calibrate_mlm_head else out.raw_embedding
         return self.mlm.mlm_logits(h)[:, self.verbalizer_ids]
+
+
+def batches(data: dict[str, torch.Tensor], batch_size: int, order: np.ndarray | None = None):
+    """TaskBatches trimmed to the longest sequence in each batch (dynamic padding)."""
+    n = len(data["labels"])
+    order = np.arange(n) if order is None else order
+    for s in range(0, n, batch_size):
+        idx = torch.from_numpy(order[s:s + batch_size])
+        length = int(data["attention_mask"][idx].sum(1).max())
+        yield TaskBatch(
+            input_ids=data["input_ids"][idx, :length],
+            attention_mask=data["attention_mask"][idx, :length],
+            labels=data["labels"][idx],
+            token_type_ids=data["token_type_ids"][idx, :length] if "token_type_ids" in data else None,
+            mask_pos=data["mask_pos"][idx] if "mask_pos" in data else None,
+        )

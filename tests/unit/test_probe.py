@@ -46,7 +46,7 @@ def test_ridge_probe_for_regression():
 
 
 def test_probe_features_are_the_frozen_pooled_embedding(tiny_model_dir):
-    from components.finetune.task_model import TaskModel
+    from components.models.task_model import TaskModel
     from components.models.loading import load_masked_lm
     from components.models.masked_lm import MaskedLM
 
