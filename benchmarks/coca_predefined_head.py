@@ -29,9 +29,10 @@ from components.config import load_config  # noqa: E402
 from components.data.domains import read_task, resolve_domain  # noqa: E402
 from components.data.task_encoding import default_template, encode_task  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.methods.registry import TaskInfo, build_task_model  # noqa: E402
+from components.finetune.coca import coca_of  # noqa: E402
+from components.methods.registry import build_task_model  # noqa: E402
 from components.models.loading import load_tokenizer  # noqa: E402
-from components.models.task_model import TaskBatch  # noqa: E402
+from components.models.task_model import TaskBatch, TaskInfo  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +64,7 @@ def main() -> None:
             with torch.no_grad():
                 out = model.eval()(TaskBatch(enc["input_ids"], enc["attention_mask"], enc["labels"],
                                              enc.get("token_type_ids"), enc.get("mask_pos")))
-                pred = model.predefined_logits(out).argmax(-1)
+                pred = coca_of(model).predefined_logits(model, out).argmax(-1)
             y = enc["labels"]
             spread = collections.Counter(info.label_names[i] for i in pred.tolist())
             print(f"{d.name:>12}: zero-shot acc {float((pred == y).float().mean()):.3f}, dev majority "

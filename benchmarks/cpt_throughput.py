@@ -47,8 +47,9 @@ from components.models.loading import load_masked_lm, load_tokenizer  # noqa: E4
 from components.models.masked_lm import MaskedLM  # noqa: E402
 from components.models.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from components.models.schedule import make_adamw, make_scheduler  # noqa: E402
-from components.pretrain.expert_kd import ExpertSpec, logits_file_key  # noqa: E402
-from components.pretrain.loop import LocalSession, MlmObjective, StageSpec, Tokens, run_stage, save_checkpoint  # noqa: E402
+from components.pretrain.expert_kd import ExpertSpec  # noqa: E402
+from components.pretrain.loop import LocalSession, MlmObjective, StageSpec, run_stage, save_checkpoint  # noqa: E402
+from components.pretrain.plugin import Tokens  # noqa: E402
 from components.pretrain.plugin import StageInfo  # noqa: E402
 from components.ray_env import LEAN_RAY_ENV  # noqa: E402
 
@@ -252,7 +253,7 @@ def main() -> None:
         stage = StageInfo(index=1, domain="bench", domains_seen=["bench"], domain_order=["bench"],
                           work_dir=Path(tempfile.gettempdir()))
         return StageSpec(config=cfg, stage=stage, tokens=tokens, init_weights=init, train_blocks=blocks,
-                         total_steps=steps, base_weights=init)
+                         total_steps=steps, payload={"hprompt": {"base_weights": init}})
 
     native = native_bf16(device)
     peaks = {"fp32": matmul_peak(device), "bf16": matmul_peak(device, torch.bfloat16, *((2048, 5) if native else (1024, 2)))}
@@ -285,8 +286,8 @@ def main() -> None:
         c_stock = ray_loop(c_spec, root / "c_stock", {k: "1" for k in LEAN_RAY_ENV}, device)
         hp = our_loop(spec(["methods.hprompt.enabled=true", "pretrain.precision=fp32"]), root / "hp", device)["tokens_per_s"]
         kd_spec = spec(["methods.distill.mode=uegp", "pretrain.precision=fp32"])
-        kd_spec.experts = [ExpertSpec("bench", 3, False)]
-        kd_spec.arrays = {logits_file_key("bench"): rng.standard_normal((n, 3)).astype(np.float32)}
+        kd_spec.payload = {"kd": {"experts": [ExpertSpec("bench", 3, False)],
+                                  "logits": {"bench": rng.standard_normal((n, 3)).astype(np.float32)}}}
         kd = our_loop(kd_spec, root / "kd", device)["tokens_per_s"]
         ckpt_s = checkpoint_seconds(hf, root / "ckpt")
     fp32 = b["b_fp32"]["tokens_per_s"]

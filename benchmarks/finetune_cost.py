@@ -35,7 +35,8 @@ import torch  # noqa: E402
 
 from components.config import REPO_ROOT, load_config  # noqa: E402
 from components.finetune.loop import task_loss, train_step  # noqa: E402
-from components.methods.registry import TaskInfo, build_task_model  # noqa: E402
+from components.methods.registry import build_task_model  # noqa: E402
+from components.models.task_model import TaskInfo  # noqa: E402
 from components.models.compile import CompiledStep, resolve_compile  # noqa: E402
 from components.models.loading import load_masked_lm, load_tokenizer  # noqa: E402
 from components.models.precision import resolve_precision  # noqa: E402

@@ -1,15 +1,15 @@
-"""From the config's method switches to plug-ins on the two loops.
+"""The one place that names every method: from the config's switches to plug-ins on the two
+loops. Adding a method is its plug-in file plus one entry in PRETRAIN_PLUGINS or FINETUNE_PLUGINS.
 
 Pre-training: HPrompt-CPT (`methods.hprompt`) and UEGP/MoEGP (`methods.distill`) plug into the
-one MLM loop; all off = NCL. Fine-tuning: prompts from the frozen hypernetwork (when the run
-pre-trained with HPrompt), RepCali (`finetune.repcali`) and CoCa (`finetune.coca`) plug into
+one MLM loop; all off = NCL. Fine-tuning: prompts from the hypernetwork trained so far (when the
+run pre-trains with HPrompt), RepCali (`finetune.repcali`) and CoCa (`finetune.coca`) plug into
 the one fine-tuning loop; all off = plain fine-tuning with a [CLS] head.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,56 +18,72 @@ from transformers import PreTrainedTokenizerBase
 from components.config import Config
 from components.finetune.coca import Coca
 from components.finetune.plugin import FinetunePlugin
-from components.finetune.repcali import build_repcali
-from components.finetune.verbalizers import verbalizer_ids
+from components.finetune.prompts import GeneratedPrompts
+from components.finetune.repcali import RepCaliPlugin
 from components.models.loading import masked_lm_from_state
 from components.models.masked_lm import MaskedLM
-from components.models.task_model import TaskModel
+from components.models.task_model import TaskInfo, TaskModel
 from components.pretrain.expert_kd import ExpertKDPlugin
 from components.pretrain.hprompt import HPromptPlugin
-from components.pretrain.hypernetwork import build_prompt_generator
 from components.pretrain.plugin import PretrainPlugin
 
 if TYPE_CHECKING:
     from components.pretrain.loop import StageSpec
 
+# Order = the order of their state in a checkpoint and of their hooks in a forward.
+PRETRAIN_PLUGINS: tuple[type[PretrainPlugin], ...] = (HPromptPlugin, ExpertKDPlugin)
+FINETUNE_PLUGINS: tuple[type[FinetunePlugin], ...] = (RepCaliPlugin, GeneratedPrompts, Coca)
 
-def distill_active(cfg: Config) -> bool:
-    return cfg.methods.distill.mode != "none" and cfg.methods.distill.lambda_kd > 0
+
+def pretrain_plugins(cfg: Config) -> list[type[PretrainPlugin]]:
+    """The switched-on pre-training plug-in classes."""
+    return [cls for cls in PRETRAIN_PLUGINS if cls.enabled(cfg)]
+
+
+def finetune_plugins(cfg: Config) -> list[type[FinetunePlugin]]:
+    """The switched-on fine-tuning plug-in classes."""
+    return [cls for cls in FINETUNE_PLUGINS if cls.enabled(cfg)]
+
+
+def validate_methods(cfg: Config, model_config: Any, tasks: list[TaskInfo], tokenizer: PreTrainedTokenizerBase) -> None:
+    """Every switched-on method's own checks (plan time, before any training)."""
+    for cls in pretrain_plugins(cfg):
+        cls.validate(cfg, model_config)
+    for cls in finetune_plugins(cfg):
+        cls.validate(cfg, tasks, tokenizer)
+
+
+def pretraining_uses_row0_models(cfg: Config) -> bool:
+    """Pre-training needs fine-tuned row-0 models (distillation's experts): row 0 runs first."""
+    return any(cls.uses_row0_models(cfg) for cls in pretrain_plugins(cfg))
+
+
+def cells_need_base_weights(cfg: Config) -> bool:
+    """Cells need the stage-0 weights (the generated prompts' query encoder)."""
+    return GeneratedPrompts in finetune_plugins(cfg)
+
+
+def method_summary(cfg: Config) -> dict[str, Any]:
+    """The method switches for the report's summary."""
+    return {"hprompt": cfg.methods.hprompt.enabled, "distill": cfg.methods.distill.mode,
+            "coca": cfg.finetune.coca.enabled, "repcali": cfg.finetune.repcali.enabled}
 
 
 def build_pretrain_plugins(spec: "StageSpec", model: MaskedLM) -> list[PretrainPlugin]:
     """The stage's plug-ins, carrying over the previous stage's plug-in state (hypernetwork,
     query statistics, prototypes, student heads)."""
     cfg = spec.config
-    plugins: list[PretrainPlugin] = []
-    if cfg.methods.hprompt.enabled:
-        base = MaskedLM(masked_lm_from_state(cfg.model.name, spec.base_weights))
-        plugins.append(HPromptPlugin(cfg.methods.hprompt, base, block_size=cfg.model.block_size, copy_base=False))
-    if distill_active(cfg):
-        plugins.append(ExpertKDPlugin(cfg.methods.distill, model.hidden_size, spec.experts, seed=cfg.seed))
+    plugins = [cls.build(cfg, model, spec.payload.get(cls.name, {})) for cls in pretrain_plugins(cfg)]
     if spec.prev_plugin_state is not None:
         nn.ModuleList(plugins).load_state_dict(spec.prev_plugin_state)
         for p, meta in zip(plugins, spec.prev_plugin_meta or []):
-            if hasattr(p, "load_meta"):
-                p.load_meta(meta)
+            p.load_meta(meta)
     return plugins
 
 
-@dataclass
-class TaskInfo:
-    name: str
-    label_names: list[str] | None   # None for regression
-    verbalizers: dict[str, str] | None = None
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.label_names is None else len(self.label_names)
-
-
 def pooling_for(cfg: Config) -> str:
-    """CoCa reads the task embedding at a template's mask slot; otherwise at [CLS]."""
-    return "mask" if cfg.finetune.coca.enabled else "cls"
+    """A plug-in may read the task embedding at a template's mask slot (CoCa); otherwise [CLS]."""
+    return "mask" if any(cls.pooling == "mask" for cls in finetune_plugins(cfg)) else "cls"
 
 
 def build_task_model(
@@ -78,35 +94,17 @@ def build_task_model(
     base_weights: dict[str, torch.Tensor] | None = None,
     plugin_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[TaskModel, list[FinetunePlugin], list[str]]:
-    """A TaskModel on the stage's weights with the configured fine-tuning methods, its loss
-    plug-ins, and notes for the log (verbalizer choices, block sizes)."""
-    f = cfg.finetune
+    """A TaskModel on the stage's weights with the switched-on fine-tuning plug-ins inside it,
+    the plug-ins (their loss terms), and notes for the log (verbalizer choices, block sizes)."""
     mlm = MaskedLM(masked_lm_from_state(cfg.model.name, weights))
     notes: list[str] = []
-    calibration = None
-    if f.repcali.enabled:
-        calibration = build_repcali(f.repcali, mlm.backbone)
-        share = calibration.num_parameters() / sum(p.numel() for p in mlm.parameters())
-        notes.append(f"RepCali rank {f.repcali.rank}: {calibration.num_parameters():,} parameters "
-                     f"({100 * share:.3f}% of the model)")
-    prompter = None
-    if cfg.methods.hprompt.enabled and plugin_state is not None:
-        base = MaskedLM(masked_lm_from_state(cfg.model.name, base_weights))
-        prompter = build_prompt_generator(base, cfg.methods.hprompt.prompt_length, cfg.methods.hprompt.rank,
-                                          plugin_state, cfg.methods.hprompt.freeze_hypernet_at_finetune,
-                                          copy_model=False)
-        if cfg.methods.hprompt.freeze_backbone_at_finetune:
-            mlm.requires_grad_(False)
-    verbalizers = None
     plugins: list[FinetunePlugin] = []
-    if f.coca.enabled:
-        index = [d.name for d in cfg.domains].index(task.name)
-        verbalizers, vnotes = verbalizer_ids(task.label_names or [], tokenizer, task.verbalizers,
-                                             where=f"domains[{index}].verbalizers")
-        notes += vnotes
-        plugins.append(Coca(f.coca, task.num_labels, task.name))
-    model = TaskModel(mlm, task.num_labels, pooling_for(cfg), calibration, prompter,
-                      calibrate_mlm_head=f.repcali.enabled and f.repcali.mlm_head, verbalizer_ids=verbalizers)
+    for cls in finetune_plugins(cfg):
+        plugin, more = cls.build(cfg, mlm, task, tokenizer, base_weights, plugin_state)
+        notes += more
+        if plugin is not None:
+            plugins.append(plugin)
+    model = TaskModel(mlm, task.num_labels, pooling_for(cfg), plugins)
     if cfg.methods.distill.warm_start_head and plugin_state is not None:
         notes += warm_start_from_student(model, task.name, plugin_state)
     return model, plugins, notes

@@ -1,7 +1,7 @@
-"""The fine-tuning model: backbone (+ generated prompts) (+ calibration block) + task head.
+"""The fine-tuning model: backbone + the fine-tuning plug-ins' model hooks + task head.
 
-    H = encoder(E(x) [+ delta], prefix = P(x))          hidden states of the token positions
-    Z = C(H)                                             calibration block (identity when off)
+    H = encoder(E(x) [+ delta], prefix = P(x))          P: the plug-ins' prefixes (e.g. generated prompts)
+    Z = C_k(...C_1(H))                                   the plug-ins' calibrate hooks (identity when none)
     e(x) = Z[:, 0]  (pooling "cls")  or  Z[:, mask slot] (pooling "mask", a template's slot)
     logits = W e(x) + b
 
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -18,6 +19,17 @@ import torch
 from torch import nn
 
 from components.models.masked_lm import MaskedLM
+
+
+@dataclass
+class TaskInfo:
+    name: str
+    label_names: list[str] | None   # None for regression
+    verbalizers: dict[str, str] | None = None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.label_names is None else len(self.label_names)
 
 
 @dataclass
@@ -40,43 +52,40 @@ class TaskOutput:
 
 
 class TaskModel(nn.Module):
+    """Backbone + fine-tuning plug-ins (their `prefix` and `calibrate` hooks) + task head.
+
+    `plugins`: modules with `prefix(batch) -> [B, P, d] | None` and `calibrate(hidden) -> hidden`
+    (components.finetune.plugin.FinetunePlugin); their parameters are the model's."""
+
     def __init__(
         self,
         mlm: MaskedLM,
         num_labels: int,
         pooling: Literal["cls", "mask"] = "cls",
-        calibration: nn.Module | None = None,
-        prompter: nn.Module | None = None,
-        calibrate_mlm_head: bool = False,
-        verbalizer_ids: torch.Tensor | None = None,
+        plugins: Sequence[nn.Module] = (),
         dropout: float = 0.1,
     ):
         super().__init__()
         self.mlm = mlm
         self.pooling = pooling
-        self.calibration = calibration
-        self.prompter = prompter
-        self.calibrate_mlm_head = calibrate_mlm_head
+        self.plugins = nn.ModuleList(plugins)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(mlm.hidden_size, num_labels)
-        self.register_buffer("verbalizer_ids", verbalizer_ids if verbalizer_ids is not None else torch.empty(0, dtype=torch.long))
 
     def forward(self, batch: TaskBatch, delta: torch.Tensor | None = None) -> TaskOutput:
         embeds = self.mlm.embed(batch.input_ids)
         if delta is not None:
             embeds = embeds + delta
-        prefix = self.prompter(batch.input_ids, batch.attention_mask) if self.prompter is not None else None
+        prefixes = [p for p in (plugin.prefix(batch) for plugin in self.plugins) if p is not None]
+        prefix = torch.cat(prefixes, dim=1) if prefixes else None
         hidden = self.mlm.encode(embeds, batch.attention_mask, prefix, batch.token_type_ids)
-        calibrated = self.calibration(hidden) if self.calibration is not None else hidden
+        calibrated = hidden
+        for plugin in self.plugins:
+            calibrated = plugin.calibrate(calibrated)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         slot = torch.zeros_like(rows) if self.pooling == "cls" else batch.mask_pos
         e, raw = calibrated[rows, slot], hidden[rows, slot]
         return TaskOutput(logits=self.head(self.dropout(e)), embedding=e, raw_embedding=raw)
-
-    def predefined_logits(self, out: TaskOutput) -> torch.Tensor:
-        """The MLM head at the slot, restricted to one verbalizer token per class: [B, C]."""
-        h = out.embedding if self.calibrate_mlm_head else out.raw_embedding
-        return self.mlm.mlm_logits(h)[:, self.verbalizer_ids]
 
 
 def batches(data: dict[str, torch.Tensor], batch_size: int, order: np.ndarray | None = None):

@@ -19,7 +19,8 @@ from components.data.domains import read_task, resolve_domain
 from components.data.task_encoding import default_template, encode_task
 from components.eval.probe import probe_task
 from components.finetune.loop import finetune
-from components.methods.registry import TaskInfo, build_task_model, pooling_for
+from components.methods.registry import build_task_model, pooling_for
+from components.models.task_model import TaskInfo
 from components.models.loading import load_tokenizer
 from components.models.precision import resolve_precision
 
@@ -29,7 +30,7 @@ class CellSpec:
     task: str
     seed: int
     checkpoint_fingerprint: str
-    keep_model: bool = False   # return the fine-tuned weights (row-0 experts for distillation)
+    keep_model: bool = False   # return the fine-tuned weights (row 0, for plug-ins that keep them)
     fault_marker: str | None = None  # test-only: die once (see components.run.faults)
 
 

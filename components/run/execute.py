@@ -2,7 +2,7 @@
 
     validate config, every data file, the model           (before any expensive work)
     tokenize corpora (cached), make the stage-0 model      (MLM-head warm-up, cached)
-    row 0: fine-tune the base model on every task          (Ray tasks; experts for UEGP/MoEGP)
+    row 0: fine-tune the base model on every task          (Ray tasks; models kept for plug-ins that need them)
     for t = 1..N: pre-train on domain t (Ray Train)  ->  row t on every task (Ray tasks)
     metrics, anytime.json/.csv, heatmap, report.md, W&B
 
@@ -30,13 +30,12 @@ from components.eval.matrix import build_matrix
 from components.eval.metrics import all_metrics, partial_metrics
 from components.io import append_jsonl, atomic_write_json, read_json, read_jsonl, redact
 from components.lock import hold
-from components.methods.registry import TaskInfo, build_task_model, distill_active, pooling_for
+from components.methods.registry import (build_task_model, cells_need_base_weights, pretrain_plugins,
+                                         pretraining_uses_row0_models)
 from components.models.head_warmup import prepare_base_model, weights_fingerprint
 from components.models.precision import resolve_precision
-from components.pretrain.expert_kd import ExpertSpec, experts_for_stage, logits_file_key
-from components.pretrain.experts import read_expert_meta, save_expert
-from components.pretrain.loop import StageSpec, Tokens
-from components.pretrain.plugin import StageInfo
+from components.pretrain.loop import StageSpec
+from components.pretrain.plugin import StageInfo, Tokens
 from components.progress import Progress, RunProgress
 from components.run.cells import CellSpec
 from components.run.faults import cell_fault, stage_fault
@@ -46,9 +45,8 @@ from components.run.ray_stage import train_stage
 from components.run.report import stage0_summary, write_report
 from components.run.results_mirror import ResultsMirror
 from components.run.run_dir import RunDir, check_same_run, git_sha, hardware, versions, write_config_and_manifest
-from components.run.tasks import (OUTSIDE_ANY_PLACEMENT_GROUP, cell_task, cell_threads, diagnostics_task,
-                                  probe_task,
-                                  expert_logits_task, init_ray)
+from components.run.tasks import (OUTSIDE_ANY_PLACEMENT_GROUP, call_task, cell_task, cell_threads,
+                                  diagnostics_task, init_ray, probe_task)
 from components.tracking.wandb_tracker import Tracker
 
 
@@ -65,14 +63,18 @@ class Pipeline:
     """`shared_stages`: read (and train if missing) the pre-training stages there instead of in
     `run_dir` (sweep trials that only change fine-tuning knobs). `on_row(stage, metrics)` is
     called after each anytime row with the partial-matrix metrics (sweeps report them to Tune).
-    `pretrain_only`: train the stages, fine-tune nothing."""
+    `pretrain_only`: train the stages, fine-tune nothing. It is the plug-ins' `Driver`
+    (components.pretrain.plugin): run_root, tokens, tokenizer, build_task_model, base_weights, run_task."""
+
+    build_task_model = staticmethod(build_task_model)
 
     def __init__(self, cfg: Config, run_dir: Path, plan: Plan, shared_stages: Path | None = None,
                  on_row=None, pretrain_only: bool = False):
         self.cfg, self.plan, self.run = cfg, plan, RunDir(run_dir, shared_stages)
         self.on_row, self.pretrain_only = on_row, pretrain_only
         self.names = [d.name for d in plan.domains]
-        tok = plan.tokenizer
+        self.run_root = self.run.root
+        self.tokenizer = tok = plan.tokenizer
         self.tokens = Tokens(len(tok), tok.mask_token_id, tok.pad_token_id, list(tok.all_special_ids))
         self.tracker: Tracker | None = None
         self.blocks: dict[str, CorpusBlocks] = {}
@@ -80,6 +82,7 @@ class Pipeline:
         self.mirror: ResultsMirror | None = None
         self.rows: dict[int, Progress] = {}      # per anytime row: cells done / submitted
         self.progress: RunProgress | None = None
+        self.keepers: dict[str, list] = {}       # task -> plug-in classes receiving row 0's first-seed model
 
     # ------------------------------------------------------------------ setup
 
@@ -162,10 +165,13 @@ class Pipeline:
         meta = self.run.stage(stage, self.names[stage - 1]) / "meta.json"
         return meta.is_file() and json.loads(meta.read_text()).get("finished", False)
 
-    def experts(self) -> dict[str, str]:
-        cfg = self.cfg
-        found = {t: str(self.run.expert(t)) for t in self.names if (self.run.expert(t) / "expert.json").is_file()}
-        return {**found, **cfg.methods.distill.experts}
+    def base_weights(self) -> dict:
+        return self.weights(0)
+
+    def run_task(self, fn, *args):
+        f = self.cfg.finetune
+        return ray.get(call_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell,
+                                         scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(fn, *args))
 
     def pretrain_stage(self, index: int) -> None:
         cfg, domain = self.cfg, self.names[index - 1]
@@ -180,24 +186,11 @@ class Pipeline:
         fingerprint = hashlib.sha256(train.tobytes()).hexdigest()
         stage = StageInfo(index=index, domain=domain, domains_seen=self.names[:index], domain_order=self.names,
                           work_dir=Path(cfg.data.cache_dir), world_size=p.num_workers)
-        base = self.weights(0) if cfg.methods.hprompt.enabled or distill_active(cfg) else None
-        experts: list[ExpertSpec] = []
-        arrays: dict[str, np.ndarray] = {}
-        if distill_active(cfg):
-            available = self.experts()
-            threads = cell_threads(cfg)
-            for task in experts_for_stage(cfg.methods.distill.mode, stage, available):
-                meta = read_expert_meta(available[task])
-                arrays[logits_file_key(task)] = ray.get(expert_logits_task.options(
-                    num_cpus=cfg.finetune.cpus_per_cell, num_gpus=cfg.finetune.gpus_per_cell,
-                    scheduling_strategy=OUTSIDE_ANY_PLACEMENT_GROUP).remote(
-                    cfg, available[task], train, fingerprint, base, self.tokens, threads))
-                experts.append(ExpertSpec(task, meta["num_labels"], meta["is_regression"]))
+        payload = {cls.name: cls.prepare_stage(cfg, stage, train, fingerprint, self) for cls in pretrain_plugins(cfg)}
         prev_state, prev_meta = self.plugin_state(index - 1)
         spec = StageSpec(config=cfg, stage=stage, tokens=self.tokens, init_weights=self.weights(index - 1),
-                         train_blocks=train, total_steps=total, base_weights=base, prev_plugin_state=prev_state,
-                         prev_plugin_meta=prev_meta, experts=experts, arrays=arrays,
-                         fault=stage_fault(index))
+                         train_blocks=train, total_steps=total, payload=payload, prev_plugin_state=prev_state,
+                         prev_plugin_meta=prev_meta, fault=stage_fault(index))
         jsonl = self.run.metrics(f"pretrain_stage{index:02d}.jsonl")
         jsonl.parent.mkdir(parents=True, exist_ok=True)
         storage = cfg.ray.storage_path or str(self.run.storage_path)
@@ -221,10 +214,12 @@ class Pipeline:
     def submit_row(self, stage: int) -> None:
         cfg = self.cfg
         f = cfg.finetune
-        wants_expert = {t for t in self.names if stage == 0 and distill_active(cfg)
-                        and t not in cfg.methods.distill.experts and not (self.run.expert(t) / "expert.json").is_file()}
+        keep = {t: [cls for cls in pretrain_plugins(cfg) if cls.wants_cell_model(cfg, t, self)]
+                for t in self.names} if stage == 0 else {}
+        keep = {t: classes for t, classes in keep.items() if classes}
+        self.keepers = keep
         todo = [(i, t, s) for (i, t, s) in self.plan.cells if i == stage and (
-            not self.run.cell(i, t, s).is_file() or (t in wants_expert and s == f.seeds[0]))]
+            not self.run.cell(i, t, s).is_file() or (t in keep and s == f.seeds[0]))]
         probes = [t for t in self.names if cfg.eval.probe and not self.run.probe(stage, t).is_file()]
         if not todo and not probes:
             return
@@ -234,7 +229,7 @@ class Pipeline:
         weights = self.weights(stage)
         fingerprint = weights_fingerprint(weights)
         state, _ = self.plugin_state(stage)
-        refs = (ray.put(weights), ray.put(self.weights(0)) if cfg.methods.hprompt.enabled else None,
+        refs = (ray.put(weights), ray.put(self.weights(0)) if cells_need_base_weights(cfg) else None,
                 ray.put(state) if state is not None else None)
         if probes:  # one task per row: features once per (stage, task), shared by every seed
             ref = probe_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell, max_retries=f.max_retries,
@@ -243,7 +238,7 @@ class Pipeline:
                 cfg, stage, refs[0], refs[1], refs[2], fingerprint, cell_threads(cfg), probes)
             self.pending[ref] = (stage, None, None)
         for (i, task, seed) in todo:
-            spec = CellSpec(i, task, seed, fingerprint, keep_model=task in wants_expert and seed == f.seeds[0],
+            spec = CellSpec(i, task, seed, fingerprint, keep_model=task in keep and seed == f.seeds[0],
                             fault_marker=cell_fault(i, task, seed))
             ref = cell_task.options(num_cpus=f.cpus_per_cell, num_gpus=f.gpus_per_cell, max_retries=f.max_retries,
                                      retry_exceptions=[RuntimeError, OSError],
@@ -267,7 +262,8 @@ class Pipeline:
             record = ray.get(done[0])
             state = record.pop("model_state", None)
             if state is not None:
-                self.save_expert(task, record, state)
+                for cls in self.keepers.get(task, []):
+                    cls.keep_cell_model(self.cfg, task, record, state, self)
             atomic_write_json(self.run.cell(i, task, seed), record)
             row = self.rows[i]
             row.update(row.done + 1, f"{task} seed {seed}: accuracy {record['accuracy']:.3f} "
@@ -278,15 +274,6 @@ class Pipeline:
             if row.done == row.total:
                 row.close()
                 self.progress.report()
-
-    def save_expert(self, task: str, record: dict, state: dict) -> None:
-        cfg = self.cfg
-        info = TaskInfo(task, record["label_names"])
-        model, _, _ = build_task_model(cfg, self.weights(0), info, self.plan.tokenizer)
-        model.load_state_dict(state)
-        save_expert(self.run.expert(task), model, {
-            "task": task, "num_labels": info.num_labels, "is_regression": record["label_names"] is None,
-            "pooling": pooling_for(cfg), "label_names": record["label_names"], "model": cfg.model.name})
 
     def diagnostics(self, stage: int) -> None:
         path = self.run.metrics("stages.jsonl")
@@ -335,8 +322,10 @@ class Pipeline:
         self.setup()
         self.base_stage()
         if self.pretrain_only:
-            if distill_active(self.cfg):
-                raise InputError("pretrain_only: distillation needs the row-0 experts (fine-tuning)")
+            if pretraining_uses_row0_models(self.cfg):
+                needs = [cls.name for cls in pretrain_plugins(self.cfg) if cls.uses_row0_models(self.cfg)]
+                raise InputError(f"pretrain_only: pre-training plug-in(s) {', '.join(needs)} need row 0's "
+                                 "fine-tuned models")
             for index in range(1, len(self.names) + 1):
                 self.pretrain_stage(index)
                 self.sync_results()
@@ -345,7 +334,7 @@ class Pipeline:
             return None
         self.diagnostics(0)
         self.submit_row(0)
-        if distill_active(self.cfg) or not self.cfg.eval.asynchronous:
+        if pretraining_uses_row0_models(self.cfg) or not self.cfg.eval.asynchronous:
             self.collect(0)
             self.log_partial(0)
         for index in range(1, len(self.names) + 1):

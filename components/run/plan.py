@@ -14,11 +14,10 @@ from transformers import AutoConfig
 from components.config import Config
 from components.data.domains import Domain, DomainSummary, localize_corpus, resolve_domain, validate_domain
 from components.errors import InputError
-from components.finetune.verbalizers import verbalizer_ids
 from components.models.head_warmup import stage0_mode
+from components.methods.registry import validate_methods
 from components.models.loading import load_tokenizer, resolve_model
-from components.pretrain.experts import read_expert_meta
-from components.pretrain.hprompt import check_prompt_fits, check_prompt_width
+from components.models.task_model import TaskInfo
 from components.pretrain.loop import steps_for
 from components.progress import Progress
 from components.run.results_mirror import open_destination
@@ -80,11 +79,6 @@ def prepare(cfg: Config) -> Plan:
     tokenizer = load_tokenizer(cfg.model.name)
     model_config = AutoConfig.from_pretrained(resolve_model(cfg.model.name))
     max_pos = model_config.max_position_embeddings
-    if cfg.methods.hprompt.enabled:
-        check_prompt_width(model_config)
-        check_prompt_fits(cfg.model.block_size, cfg.methods.hprompt.prompt_length, max_pos - 2)
-        check_prompt_fits(cfg.finetune.max_length, cfg.methods.hprompt.prompt_length, max_pos - 2,
-                          "finetune.max_length")  # fine-tuning inputs carry the same prompts
     if cfg.model.block_size > max_pos - 2 or cfg.finetune.max_length > max_pos - 2:
         raise InputError(f"model.block_size / finetune.max_length: at most {max_pos - 2} for {cfg.model.name}")
     if stage0_mode(cfg.model) == "rewarm":
@@ -94,13 +88,9 @@ def prepare(cfg: Config) -> Plan:
             raise InputError(f"model.rewarm.block_size: at most {max_pos - 2} for {cfg.model.name}")
     elif cfg.model.head_warmup.mode != "never" and not Path(cfg.model.head_warmup.corpus).is_file():
         raise InputError(f"model.head_warmup.corpus: file not found: {cfg.model.head_warmup.corpus}")
-    for i, (d, s) in enumerate(zip(domains, summaries)):
-        if cfg.finetune.coca.enabled:
-            if s.is_regression:
-                raise InputError(f"finetune.coca: task '{d.name}' is a regression task; CoCa needs classes")
-            verbalizer_ids(s.label_names, tokenizer, d.verbalizers, where=f"domains[{i}].verbalizers")
-    for task, path in cfg.methods.distill.experts.items():
-        read_expert_meta(path)
+    tasks = [TaskInfo(d.name, None if s.is_regression else s.label_names, d.verbalizers)
+             for d, s in zip(domains, summaries)]
+    validate_methods(cfg, model_config, tasks, tokenizer)
     if cfg.ray.results_uri:
         open_destination(cfg.ray.results_uri)
     names = [d.name for d in domains]

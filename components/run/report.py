@@ -8,6 +8,7 @@ from components.config import Config
 from components.errors import InputError
 from components.eval.report import write_anytime_outputs
 from components.io import read_json, read_jsonl
+from components.methods.registry import method_summary
 from components.run.run_dir import RunDir
 
 
@@ -63,8 +64,7 @@ def write_report(cfg: Config, run: RunDir) -> dict:
         f"lr {cfg.finetune.lr}",
         "linear probes": (f"on, at most {cfg.eval.probe_max_examples or 'all'} examples per split" if cfg.eval.probe
                           else "off"),
-        "hprompt": cfg.methods.hprompt.enabled, "distill": cfg.methods.distill.mode,
-        "coca": cfg.finetune.coca.enabled, "repcali": cfg.finetune.repcali.enabled,
+        **method_summary(cfg),
         "precision": precision_summary(run),
         "stage 0": stage0_summary(base),
     }

@@ -57,9 +57,6 @@ class RunDir:
     def probe(self, stage: int, task: str) -> Path:
         return self.root / "probes" / f"s{stage:02d}-{task}.json"
 
-    def expert(self, task: str) -> Path:
-        return self.root / "experts" / task
-
     def metrics(self, name: str) -> Path:
         return self.root / "metrics" / name
 

@@ -1,5 +1,5 @@
-"""The Ray tasks of a run (anytime cells, linear-probe rows, held-out diagnostics, expert-logit caching) and
-joining the cluster. Each task requests its own resources outside any placement group.
+"""The Ray tasks of a run (anytime cells, linear-probe rows, held-out diagnostics, plug-ins'
+driver-side work) and joining the cluster. Each task requests its own resources outside any placement group.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import ray
 from components.config import Config
 from components.data.masking import MlmMasker
 from components.eval.heldout import heldout_diagnostics
-from components.methods.registry import TaskInfo, build_task_model
-from components.models.loading import load_tokenizer, masked_lm_from_state
+from components.models.loading import masked_lm_from_state
 from components.models.masked_lm import MaskedLM
-from components.pretrain.expert_kd import expert_logits_cache
-from components.pretrain.loop import Tokens
+from components.pretrain.plugin import Tokens
 from components.ray_env import apply_lean_ray_env
 from components.run.cells import run_cell, run_probe_row
 
@@ -63,16 +61,6 @@ def cell_task(cfg, spec, weights, base_weights, plugin_state, threads):
 
 
 @ray.remote
-def expert_logits_task(cfg: Config, expert_dir: str, blocks: np.ndarray, fingerprint: str, base_weights: dict,
-                        tokens: Tokens, threads: int) -> np.ndarray:
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-    tokenizer = load_tokenizer(cfg.model.name)
-
-    def build(meta: dict):
-        return build_task_model(cfg, base_weights, TaskInfo(meta["task"], meta.get("label_names")), tokenizer)[0]
-
-    path = expert_logits_cache(expert_dir, blocks, tokens.pad_id, cfg.data.cache_dir, fingerprint, build,
-                               mask_id=tokens.mask_id, precision=cfg.finetune.precision)
-    return np.load(path)
+def call_task(fn, *args):
+    """fn(*args) in a task (a plug-in's driver-side work, e.g. distillation's teacher logits)."""
+    return fn(*args)

@@ -8,8 +8,8 @@ over the rows so far), the mean of the latest row where that is undefined, and t
 metric at the last row. Trials hold no resources themselves (their stages and cells request
 their own), so `sweep.max_concurrent_trials` bounds the parallelism.
 
-When the space touches only `finetune.*` keys (and distillation is off: its experts come from
-fine-tuning), every trial shares one set of pre-training stages, trained once up front under
+When the space touches only `finetune.*` keys (and no pre-training plug-in uses row 0's fine-tuned
+models, as distillation does), every trial shares one set of pre-training stages, trained once up front under
 `<run_dir>/pretrain-<key>`, where key hashes the config without its fine-tuning part.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from components.config import Config, dump_yaml, to_dict
 from components.io import atomic_write_json, atomic_write_text
+from components.methods.registry import pretraining_uses_row0_models
 from components.run.results_mirror import uri_join
 from components.sweep.space import trial_config
 
@@ -28,7 +29,7 @@ OBJECTIVE = "objective"
 
 
 def shares_pretraining(space: dict, cfg: Config) -> bool:
-    return all(k.startswith("finetune.") for k in space) and cfg.methods.distill.mode == "none"
+    return all(k.startswith("finetune.") for k in space) and not pretraining_uses_row0_models(cfg)
 
 
 def pretrain_key(cfg: Config) -> str:

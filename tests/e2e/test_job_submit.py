@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from components.config import REPO_ROOT
 from tests.helpers.pipeline import TINY
 from tests.helpers.ray_head import ray_cli
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 JOB_TIMEOUT_S = 480
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 

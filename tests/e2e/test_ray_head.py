@@ -8,13 +8,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
+from components.config import REPO_ROOT
 from tests.helpers.ray_head import ray_cli
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="local_ray_head cleans up through /proc"

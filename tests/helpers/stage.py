@@ -10,7 +10,8 @@ from transformers import AutoModelForMaskedLM
 from components.checkpoint import load_module
 from components.config import REPO_ROOT, load_config
 from components.models.loading import load_masked_lm, load_tokenizer
-from components.pretrain.loop import LocalSession, StageSpec, Tokens
+from components.pretrain.loop import LocalSession, StageSpec
+from components.pretrain.plugin import Tokens
 from tests.helpers.tiny import stage_info
 
 

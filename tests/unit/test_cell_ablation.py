@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from components.config import dump_yaml, load_config
+from components.config import REPO_ROOT, dump_yaml, load_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 SCRIPT = REPO / "benchmarks" / "cell_ablation.py"
 
 

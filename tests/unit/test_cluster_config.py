@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.config import REPO_ROOT
 from components.cluster import validate_cluster_config
 from components.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 CLUSTER_YAML = ROOT / "ray_cluster.yaml"
 RUNTIME_ENV_YAML = ROOT / "ray_runtime_env.yaml"
 

@@ -20,9 +20,11 @@ from tests.helpers.tiny import tiny_hf_mlm
 LABELS = ["negative", "neutral", "positive"]
 
 
-def tiny_model(seed: int = 0) -> TaskModel:
+def tiny_model(seed: int = 0, cfg: CocaConfig | None = None) -> TaskModel:
+    """A tiny TaskModel with a CoCa plug-in inside (verbalizers 7, 8, 9): `model.plugins[0]`."""
     mlm = MaskedLM(tiny_hf_mlm(50, max_positions=16, seed=seed))
-    return TaskModel(mlm, num_labels=3, verbalizer_ids=torch.tensor([7, 8, 9]))
+    coca = Coca(cfg or CocaConfig(), num_labels=3, verbalizers=torch.tensor([7, 8, 9]))
+    return TaskModel(mlm, num_labels=3, plugins=[coca])
 
 
 @pytest.fixture
@@ -64,14 +66,17 @@ def test_ascent_increases_d_within_the_ball(batch):
 
 
 def test_zero_weights_add_nothing_and_cost_nothing(batch):
-    model, coca = tiny_model(), Coca(CocaConfig(alpha=0.0, beta=0.0), num_labels=3)
+    model = tiny_model(cfg=CocaConfig(alpha=0.0, beta=0.0))
+    coca = model.plugins[0]
     terms = coca.loss_terms(model, batch, model(batch))
     assert set(terms) == {"predefined", "consistency"} and all(t.item() == 0.0 for t in terms.values())
     assert coca.extra_forwards == 0 and coca.extra_backwards == 0
 
 
-def _train(plugin: Coca | None, batch: TaskBatch, steps: int = 3) -> TaskModel:
-    model = tiny_model().train()
+def _train(cfg: CocaConfig | None, batch: TaskBatch, steps: int = 3) -> TaskModel:
+    """`steps` AdamW steps; with `cfg`, CoCa's terms join the task loss (None: the task loss alone)."""
+    model = tiny_model(cfg=cfg).train()
+    plugin = model.plugins[0] if cfg is not None else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for step in range(steps):
         torch.manual_seed(100 + step)  # dropout masks
@@ -87,15 +92,15 @@ def _train(plugin: Coca | None, batch: TaskBatch, steps: int = 3) -> TaskModel:
 
 def test_zero_weights_train_bit_identical_to_baseline(batch):
     base = _train(None, batch).state_dict()
-    with_coca = _train(Coca(CocaConfig(alpha=0.0, beta=0.0), num_labels=3), batch).state_dict()
+    with_coca = _train(CocaConfig(alpha=0.0, beta=0.0), batch).state_dict()
     assert all(torch.equal(base[k], with_coca[k]) for k in base)
-    changed = _train(Coca(CocaConfig(alpha=1.0, beta=1.0), num_labels=3), batch).state_dict()
+    changed = _train(CocaConfig(alpha=1.0, beta=1.0), batch).state_dict()
     assert not all(torch.equal(base[k], changed[k]) for k in base)
 
 
 def test_consistency_gradient_reaches_head_and_backbone(batch):
-    model = tiny_model().train()
-    coca = Coca(CocaConfig(alpha=0.0, beta=1.0, epsilon=0.5, steps=2, step_size=0.2), num_labels=3)
+    model = tiny_model(cfg=CocaConfig(alpha=0.0, beta=1.0, epsilon=0.5, steps=2, step_size=0.2)).train()
+    coca = model.plugins[0]
     terms = coca.loss_terms(model, batch, model(batch))
     assert model.mlm.hf.bert.encoder.layer[0].attention.self.query.weight.grad is None  # ascent: delta only
     terms["consistency"].backward()
@@ -179,8 +184,8 @@ def test_default_ascent_raises_d_by_a_measured_margin(batch):
 
 
 def test_consistency_ramp(batch):
-    model = tiny_model().eval()
-    coca = Coca(CocaConfig(alpha=0.0, beta=1.0, ramp=0.5), num_labels=3)
+    model = tiny_model(cfg=CocaConfig(alpha=0.0, beta=1.0, ramp=0.5)).eval()
+    coca = model.plugins[0]
     values = []
     for step in (0, 2, 5, 9):
         coca.set_progress(step, 10)
@@ -188,7 +193,7 @@ def test_consistency_ramp(batch):
         values.append(float(coca.loss_terms(model, batch, model(batch))["consistency"].detach()))
     assert values[0] == 0.0 and coca.extra_forwards == 3 * (CocaConfig().steps + 1)  # step 0: no ascent at all
     assert values[1] == pytest.approx(0.4 * values[2], rel=1e-5) and values[2] == pytest.approx(values[3], rel=1e-5)
-    flat = Coca(CocaConfig(alpha=0.0, beta=1.0, ramp=0.0), num_labels=3)
+    flat = Coca(CocaConfig(alpha=0.0, beta=1.0, ramp=0.0), num_labels=3, verbalizers=torch.tensor([7, 8, 9]))
     flat.set_progress(0, 10)
     torch.manual_seed(0)
     assert float(flat.loss_terms(model, batch, model(batch))["consistency"]) == pytest.approx(values[3], rel=1e-5)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from components.config import REPO_ROOT
+
+REPO = REPO_ROOT
 SCRIPT = REPO / "benchmarks" / "coca_predefined_head.py"
 
 

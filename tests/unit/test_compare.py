@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from components.config import REPO_ROOT
 from components.errors import InputError
 from components.eval.compare import compare_runs, format_comparison
 from components.eval.report import write_anytime_outputs
 from components.io import atomic_write_json
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 NAMES = ["A_all", "A_seen", "A_unseen", "A_final", "learning_accuracy", "BWT", "FWT", "forgetting"]
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from components.config import REPO_ROOT
 from components.errors import InputError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 
 
 def _args(tiny_model_dir: Path, tmp_path: Path, *extra: str) -> list[str]:

@@ -16,6 +16,8 @@ from torch.nn.parallel import DistributedDataParallel
 from components.checkpoint import load_tree, save_tree
 from components.config import HPromptConfig
 from components.errors import InputError
+from components.finetune.prompts import GeneratedPrompts
+from components.models.hypernetwork import QueryEncoder, build_prompt_generator
 from components.models.masked_lm import MaskedLM, mean_pool
 from components.models.task_model import TaskBatch, TaskModel
 from components.pretrain.hprompt import (
@@ -26,7 +28,6 @@ from components.pretrain.hprompt import (
     disagreement_loss,
     usable_positions,
 )
-from components.pretrain.hypernetwork import QueryEncoder, build_prompt_generator
 from components.pretrain.loop import MlmObjective
 from tests.helpers.ddp import run_ddp
 from tests.helpers.tiny import stage_info, tiny_hf_mlm
@@ -327,7 +328,7 @@ def test_prompt_generator_is_batch_independent_and_serves_the_task_model():
     trainable = build_prompt_generator(base, 4, 16, plugin.state_dict(), freeze_hypernet=False)
     assert all(p.requires_grad for p in trainable.parameters())
 
-    task = TaskModel(copy.deepcopy(base), num_labels=3, prompter=gen)
+    task = TaskModel(copy.deepcopy(base), num_labels=3, plugins=[GeneratedPrompts(gen)])
     out = task(TaskBatch(b["input_ids"], b["attention_mask"], torch.zeros(4, dtype=torch.long)))
     assert out.logits.shape == (4, 3)
     assert not {id(p) for p in gen.encoder.model.parameters()} & {id(p) for p in task.parameters()}

@@ -5,11 +5,12 @@ in Ray's temporary copy of the working dir), absolute paths and URIs pass. In-pr
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from components.config import REPO_ROOT
+
+ROOT = REPO_ROOT
 
 
 JOB_ENV = '{"runtime_env": {}, "metadata": {"job_submission_id": "unit", "job_name": "unit"}}'

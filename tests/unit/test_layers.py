@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from components.config import REPO_ROOT
+
+ROOT = REPO_ROOT
 
 # Layer of a module: the longest matching prefix. Rank: a module may import only lower ranks or
 # its own layer; equal ranks with different names are siblings and may not import each other.

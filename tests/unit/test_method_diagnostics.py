@@ -5,18 +5,17 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from components.config import CocaConfig
+from components.config import REPO_ROOT, CocaConfig
 from components.finetune.coca import Coca
 from components.models.task_model import TaskBatch, TaskModel
 from tests.unit.test_coca import minilm_scaled
 from tests.unit.test_hprompt import D, batch, plugin_for, tiny
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 
 def _script():

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from components.config import REPO_ROOT
 from components.eval.plots import score_bands, write_plots
 from components.eval.report import write_anytime_outputs
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 DOMAINS = ["news", "bio"]
 ACC = {0: [[0.5, 0.4], [0.8, 0.5], [0.7, 0.9]], 1: [[0.6, 0.4], [0.9, 0.6], [0.7, 0.8]]}
 

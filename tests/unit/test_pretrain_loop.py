@@ -4,13 +4,12 @@ resume from a checkpoint, plug-ins off = NCL exactly."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from components.config import load_config
+from components.config import REPO_ROOT, load_config
 from components.methods.registry import build_pretrain_plugins
 from components.models.loading import load_masked_lm
 from components.models.masked_lm import MaskedLM
@@ -18,7 +17,7 @@ from components.models.schedule import lr_factor, make_adamw
 from components.pretrain.loop import LocalSession, batch_rows, run_stage, steps_for
 from tests.helpers.stage import final_weights, make_spec
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 
 
 def test_masked_only_loss_equals_stock_head_loss(tiny_model_dir):
@@ -72,7 +71,7 @@ def test_hprompt_stage_is_deterministic_whatever_ran_before(tmp_path, tiny_model
     """The hypernetwork's initialisation is a function of (seed, stage): two runs of the same
     stage, with other random draws in between, end with the same weights."""
     spec = make_spec(tiny_model_dir, ["methods.hprompt.enabled=true"])
-    spec.base_weights = spec.init_weights
+    spec.payload = {"hprompt": {"base_weights": spec.init_weights}}
     a, b = LocalSession(tmp_path / "a"), LocalSession(tmp_path / "b")
     run_stage(spec, a, build_pretrain_plugins)
     torch.rand(1000)  # a process's history (earlier cells, other stages) must not matter
@@ -102,7 +101,7 @@ def test_plugins_with_zero_weights_reproduce_ncl_exactly(tmp_path, tiny_model_di
     run_stage(make_spec(tiny_model_dir), ncl, build_pretrain_plugins)
     spec = make_spec(tiny_model_dir, ["methods.hprompt.enabled=true", "methods.hprompt.lambda_agree=0",
                                       "methods.hprompt.lambda_dis=0", "methods.hprompt.prompt_length=0"])
-    spec.base_weights = spec.init_weights
+    spec.payload = {"hprompt": {"base_weights": spec.init_weights}}
     off = LocalSession(tmp_path / "off")
     run_stage(spec, off, build_pretrain_plugins)
     wn, wo = final_weights(ncl, tiny_model_dir), final_weights(off, tiny_model_dir)

@@ -4,6 +4,7 @@ and the additive anytime.json keys."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from components.config import RepCaliConfig
-from components.finetune.repcali import RepCali, build_repcali, final_layer_norm, parameter_count
+from components.finetune.repcali import RepCali, RepCaliPlugin, build_repcali, final_layer_norm, parameter_count
 from components.models.loading import load_masked_lm, load_tokenizer
 from components.models.masked_lm import MaskedLM
 from components.models.task_model import TaskBatch, TaskModel
@@ -62,7 +62,7 @@ def test_literal_layernorm_on_h_is_not_the_identity(mlm, batch):
 
 def _logits(mlm: MaskedLM, batch: TaskBatch, calibration: RepCali | None) -> torch.Tensor:
     torch.manual_seed(0)  # same head init for both models
-    model = TaskModel(mlm, num_labels=3, calibration=calibration).train()
+    model = TaskModel(mlm, num_labels=3, plugins=[RepCaliPlugin(calibration)] if calibration else []).train()
     torch.manual_seed(1)  # same dropout masks
     return model(batch).logits
 
@@ -86,7 +86,7 @@ def test_lambda_zero_is_off_even_after_training(mlm, batch, rank):
 @pytest.mark.parametrize("rank", [0, 8])
 def test_gradient_reaches_the_block(mlm, batch, rank):
     block = build_repcali(RepCaliConfig(rank=rank, lam=1.0), mlm.backbone)
-    model = TaskModel(mlm, num_labels=3, calibration=block).eval()
+    model = TaskModel(mlm, num_labels=3, plugins=[RepCaliPlugin(block)]).eval()
     optimizer = torch.optim.SGD(block.parameters(), lr=0.1)
     for _ in range(2):  # at init only C's last layer (c, or W_up and b) has gradient; then all
         optimizer.zero_grad()

@@ -13,10 +13,11 @@ from statistics import mean, stdev
 
 import pytest
 
+from components.config import REPO_ROOT
 from components.errors import InputError
 from components.eval.results_table import build_results, heatmaps_png, load_runs, results_markdown
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 T2 = 4.3027  # t_{0.975, df=2}
 DOMAINS = ["d1", "d2"]
 COLUMNS = ["A_all", "A_seen", "A_unseen", "A_final", "BWT", "FWT", "forgetting"]

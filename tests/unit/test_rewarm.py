@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from components.config import load_config
+from components.config import REPO_ROOT, load_config
 from components.errors import InputError
 from components.models.head_warmup import prepare_base_model, stage0_mode
 from components.models.loading import load_tokenizer
 from components.models.rewarm import RECIPE, WEIGHTS, file_sha256
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 SHIPPED = REPO / "data" / "stage0" / "minilm-l6-rewarm"
 
 

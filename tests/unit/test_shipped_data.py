@@ -16,7 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / "data"
+from components.config import REPO_ROOT
+
+DATA = REPO_ROOT / "data"
 
 DOMAINS = ("restaurant", "laptop", "acl", "ai", "biomed", "tweet")
 FILES = ("corpus.parquet", "train.jsonl", "dev.jsonl", "test.jsonl", "labels.json")
