@@ -2,7 +2,7 @@
 
 CoCa's consistency term pulls the task head's distribution towards the pre-defined head's,
 p_pre(y|x) = softmax_y(MLM-head logits at the template's mask slot, restricted to one verbalizer
-token per class) (DESIGN.md 3.3). If p_pre predicts the same class for every input, that pull
+token per class) (docs/methods.md). If p_pre predicts the same class for every input, that pull
 is towards a constant (until CoCa's alpha term has trained the head). For each checkpoint (a stage's `model.safetensors` in a run dir) and each
 task of the config, prints the pre-defined head's zero-shot dev accuracy, the dev majority rate
 and how its argmax predictions spread over the classes, on the first `finetune.max_eval_examples`

@@ -183,7 +183,7 @@ class PretrainConfig:
 
 @dataclass
 class HPromptConfig:
-    """Hypernetwork prompts (HPrompt-CPT). DESIGN.md 3.1."""
+    """Hypernetwork prompts (HPrompt-CPT; docs/methods.md)."""
 
     enabled: bool = False
     prompt_length: int = field(default=8, metadata=_range(0, 512))
@@ -202,7 +202,7 @@ class HPromptConfig:
 
 @dataclass
 class DistillConfig:
-    """Expert-guided distillation (UEGP / MoEGP). DESIGN.md 3.2."""
+    """Expert-guided distillation (UEGP / MoEGP; docs/methods.md)."""
 
     mode: Literal["none", "uegp", "moegp"] = "none"
     lambda_kd: float = field(default=1.0, metadata=_range(0))
@@ -210,12 +210,11 @@ class DistillConfig:
     weighting: Literal["uniform", "sample"] = "uniform"
     experts: dict[str, str] = field(default_factory=dict)
     warm_start_head: bool = False
-    pair_rule: Literal["document_first"] = "document_first"
 
 
 @dataclass
 class CocaConfig:
-    """Consistency calibration (CoCa). DESIGN.md 3.3."""
+    """Consistency calibration (CoCa; docs/methods.md)."""
 
     enabled: bool = False
     alpha: float = field(default=1.0, metadata=_range(0))
@@ -231,7 +230,7 @@ class CocaConfig:
 
 @dataclass
 class RepCaliConfig:
-    """Representation calibration block (RepCali). DESIGN.md 3.4."""
+    """Representation calibration block (RepCali; docs/methods.md)."""
 
     enabled: bool = False
     rank: int = field(default=0, metadata=_range(0))
@@ -282,7 +281,6 @@ class EvalConfig:
 
     probe: bool = True
     probe_max_examples: int | None = field(default=2000, metadata=_range(10))
-    anytime: bool = True
     asynchronous: bool = False
     anchor_ks: list[int] = field(default_factory=lambda: [1, 10, 100])
     anchor_positions: int = field(default=2000, metadata=_range(10))
@@ -622,13 +620,3 @@ def leaf_keys(cls: type = Config, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = tp
     return out
-
-
-def field_range(key: str) -> tuple | None:
-    """The (lo, hi, lo_open) range of dotted `key`, or None."""
-    cls: type = Config
-    parts = key.split(".")
-    for p in parts[:-1]:
-        cls = typing.get_type_hints(cls)[p]
-    f = {f.name: f for f in dataclasses.fields(cls)}[parts[-1]]
-    return f.metadata.get("range")

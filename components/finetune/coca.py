@@ -1,4 +1,4 @@
-"""Consistency calibration (CoCa, DESIGN.md 3.3): agree the task head with the pre-defined head.
+"""Consistency calibration (CoCa, docs/methods.md): agree the task head with the pre-defined head.
 
 Two heads read the task embedding e(x): the task head, p_task = softmax(W e(x) + b), and the
 pre-defined head, p_pre = softmax of the MLM head's logits at the verbalizer tokens. The

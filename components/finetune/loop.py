@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,9 +162,3 @@ def finetune(
     result.extra_backwards = sum(p.extra_backwards for p in plugins)
     result.best_state = best_state if keep_best_state else None
     return result
-
-
-def timed(fn, *args, **kwargs):
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t

@@ -1,4 +1,4 @@
-"""Representation calibration block (RepCali, DESIGN.md 3.4): between the encoder and the heads.
+"""Representation calibration block (RepCali, docs/methods.md): between the encoder and the heads.
 
 Specification:  Z = LN(H + lambda * C(H)),  with
     rank 0 (the paper's form):  C(H) = c, one learned vector for all positions;

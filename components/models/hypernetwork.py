@@ -1,4 +1,4 @@
-"""Input-conditioned prompts for HPrompt-CPT (DESIGN.md 3.1): query encoder + hypernetwork.
+"""Input-conditioned prompts for HPrompt-CPT (docs/methods.md): query encoder + hypernetwork.
 
     q(x)  = mean-pooled last hidden state of the FROZEN stage-0 model on x       [B, d]
     P(q)  = reshape(W2 GELU(W1 LayerNorm(q) + b1) + b2, [L_p, d])                [B, L_p, d]

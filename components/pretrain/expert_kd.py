@@ -1,4 +1,4 @@
-"""Expert-guided distillation during continual pre-training: UEGP / MoEGP (DESIGN.md 3.2).
+"""Expert-guided distillation during continual pre-training: UEGP / MoEGP (docs/methods.md).
 
 During pre-training on domain t the student carries one small task head per expert in use,
 h_k(x) = W_k z(x) + b_k with z(x) = hidden[:, 0] (the [CLS] position of the SAME forward the

@@ -1,4 +1,4 @@
-"""The expert file format (UEGP / MoEGP teachers, DESIGN.md 3.2) and its I/O.
+"""The expert file format (UEGP / MoEGP teachers, docs/methods.md) and its I/O.
 
 An expert is a fine-tuned `TaskModel` (the row-0 anytime models double as experts). On disk
 it is one directory:

@@ -1,4 +1,4 @@
-"""HPrompt-CPT as a pre-training plug-in (DESIGN.md 3.1; the paper's abstract + our design).
+"""HPrompt-CPT as a pre-training plug-in (docs/methods.md; the paper's abstract + our design).
 
 On domain t the loop minimises
 

@@ -1,4 +1,4 @@
-"""CoCa (DESIGN.md 3.3) on a tiny BERT: divergences, the adversarial ascent, zero weights = baseline,
+"""CoCa (docs/methods.md) on a tiny BERT: divergences, the adversarial ascent, zero weights = baseline,
 gradients; verbalizers on the default tokenizer."""
 
 import math

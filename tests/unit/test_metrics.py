@@ -1,4 +1,4 @@
-"""Anytime metrics on hand-computed matrices (DESIGN.md section 4)."""
+"""Anytime metrics on hand-computed matrices (docs/evaluation.md)."""
 
 import math
 

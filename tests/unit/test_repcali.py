@@ -1,4 +1,4 @@
-"""RepCali block (DESIGN.md 3.4) on the default MiniLM: sizes, exact identity at init, gradients."""
+"""RepCali block (docs/methods.md) on the default MiniLM: sizes, exact identity at init, gradients."""
 
 import pytest
 import torch
