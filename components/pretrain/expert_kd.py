@@ -45,6 +45,7 @@ from components.models.loading import load_tokenizer
 from components.models.task_model import TaskBatch, TaskInfo, TaskModel
 from components.pretrain.experts import expert_fingerprint, expert_head, load_expert, read_expert_meta, save_expert
 from components.pretrain.plugin import Driver, PretrainPlugin, StageInfo, Tokens
+from components.seeding import mix_seed, name_id
 
 CACHE_FORMAT = 1
 
@@ -248,13 +249,13 @@ class ExpertSpec:
 
 
 def _head_seed(seed: int, task: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"kd-head:{seed}:{task}".encode()).digest()[:8], "little") >> 1
+    return mix_seed(seed, name_id("kd-head"), name_id(task))
 
 
 def sample_seed(seed: int, step: int) -> int:
     """Seed of the per-step generator for "sample" weighting: a function of (seed, step) only,
     so every DDP rank draws the same expert at the same step without communication."""
-    return int.from_bytes(hashlib.sha256(f"kd-sample:{seed}:{step}".encode()).digest()[:8], "little") >> 1
+    return mix_seed(seed, name_id("kd-sample"), step)
 
 
 class ExpertKDPlugin(PretrainPlugin):

@@ -41,17 +41,7 @@ from components.models.compile import CompiledStep, resolve_compile
 from components.models.precision import autocast_for, resolve_precision
 from components.models.schedule import make_adamw, make_scheduler
 from components.pretrain.plugin import PretrainPlugin, StageInfo, Tokens
-
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (splitmix64-style mixing)."""
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x = (x ^ (int(p) + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2))) & 0xFFFFFFFFFFFFFFFF
-        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
+from components.seeding import mix_seed
 
 
 @dataclass

@@ -21,7 +21,7 @@ ROOT = REPO_ROOT
 LAYERS = {
     "components.io": ("io", 0), "components.errors": ("io", 0), "components.checkpoint": ("io", 0),
     "components.cluster": ("io", 0), "components.lock": ("io", 0),
-    "components.progress": ("io", 0), "components.ray_env": ("io", 0),
+    "components.progress": ("io", 0), "components.ray_env": ("io", 0), "components.seeding": ("io", 0),
     "components.config": ("config", 1), "components.cli": ("config", 1),
     "components.data": ("data", 2),
     "components.models": ("models", 3),

@@ -15,7 +15,8 @@ import pytest
 
 from components.config import REPO_ROOT
 from components.errors import InputError
-from components.eval.results_table import build_results, heatmaps_png, load_runs, results_markdown
+from components.eval.plots import anytime_heatmaps_png
+from components.eval.results_table import build_results, load_runs, results_markdown
 
 REPO = REPO_ROOT
 T2 = 4.3027  # t_{0.975, df=2}
@@ -181,7 +182,7 @@ def test_load_runs_and_heatmaps(tmp_path, runs):
     assert loaded["hprompt"][1] is None and loaded["ncl"][2] == NCL[2]
     import numpy as np
 
-    png = heatmaps_png({"ncl": np.array(NCL[0]["accuracy"]), "full": np.full((3, 2), np.nan)}, DOMAINS)
+    png = anytime_heatmaps_png({"ncl": np.array(NCL[0]["accuracy"]), "full": np.full((3, 2), np.nan)}, DOMAINS)
     assert png.startswith(b"\x89PNG")
 
 
