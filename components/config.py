@@ -387,13 +387,25 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """Set `key` (dotted; an integer part indexes a list that is already there, e.g.
+    `domains.0.path`) in the merged YAML tree."""
     parts = key.split(".")
-    node = tree
-    for p in parts[:-1]:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    node[parts[-1]] = value
+    node: Any = tree
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise InputError(f"override '{key}': '{'.'.join(parts[:i])}' is a list of {len(node)}; "
+                                 f"'{p}' is not an index in it")
+            p = int(p)
+        elif not isinstance(node, dict):
+            raise InputError(f"override '{key}': '{'.'.join(parts[:i])}' is not a mapping or a list")
+        if last:
+            node[p] = value
+        else:
+            if isinstance(node, dict) and not isinstance(node.get(p), (dict, list)):
+                node[p] = {}
+            node = node[p]
 
 
 def from_dict(cls: type, data: Any, where: str) -> Any:

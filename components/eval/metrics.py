@@ -1,4 +1,4 @@
-"""Anytime metrics over the (N+1) x N matrix ``a`` (docs/evaluation.md).
+"""Anytime metrics over the (N+1) x N matrix ``a`` (docs/design.md, section 4).
 
 ``a[i][j]`` is the test score of the model after pre-training stage ``i`` (row 0 = base
 model) fine-tuned on the task of domain ``j``. Formulas use the design's indices: rows

@@ -21,7 +21,7 @@ def diagnostics_table(run: RunDir, names: list[str]) -> dict:
             "rows": [r["row"] for r in records], "columns": names,
             "values": [[r["domains"][n][k] for n in names] for r in records],
             "note": ("mean MLM cross-entropy on each domain's held-out blocks (same masks every stage)"
-                     if k == "mlm_loss" else "anchor-vector R^2 of the bulk log-partition (docs/evaluation.md)"),
+                     if k == "mlm_loss" else "anchor-vector R^2 of the bulk log-partition (docs/methods.md)"),
         }
     return out
 

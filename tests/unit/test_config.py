@@ -36,6 +36,14 @@ def test_set_overrides_are_typed_and_win(tmp_path):
     assert cfg.pretrain.lr == pytest.approx(1e-3)  # PyYAML reads 1e-3 as a string: coerced
 
 
+def test_set_reaches_into_a_list_item_by_index():
+    cfg = load_config([DEFAULT], ["domains.1.path=data/laptop", "domains.2.verbalizers={neutral: fine}"])
+    assert cfg.domains[1].path.endswith("data/laptop") and cfg.domains[1].name == "acl"   # sibling keys kept
+    assert cfg.domains[2].verbalizers == {"neutral": "fine"}
+    with pytest.raises(InputError, match="'domains' is a list of 3; '7' is not an index"):
+        load_config([DEFAULT], ["domains.7.path=data/acl"])
+
+
 def test_merge_is_recursive_and_does_not_mutate():
     base = {"a": {"x": 1, "y": [1, 2]}}
     out = merge(base, {"a": {"y": [3]}})

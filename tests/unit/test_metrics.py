@@ -1,4 +1,4 @@
-"""Anytime metrics on hand-computed matrices (docs/evaluation.md)."""
+"""Anytime metrics on hand-computed matrices (docs/design.md, section 4)."""
 
 import math
 

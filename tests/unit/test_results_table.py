@@ -1,7 +1,7 @@
 """components.eval.results_table and benchmarks/anytime_results.py on hand-built runs.
 
 Two methods x 3 seeds, N = 2 domains. Every expected value below is worked out by hand from
-the matrices (docs/evaluation.md); intervals use t_{0.975, 2} = 4.3027.
+the matrices (docs/design.md, section 4); intervals use t_{0.975, 2} = 4.3027.
 """
 
 from __future__ import annotations
