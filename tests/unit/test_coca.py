@@ -146,9 +146,9 @@ def test_verbalizer_uses_the_mid_sentence_bpe_token():
     assert tok.convert_ids_to_tokens(ids.tolist()) == ["Ġnegative", "Ġneutral", "Ġpositive"]
 
 
-def minilm_scaled(seed: int = 0) -> TaskModel:
+def minilm_scaled(seed: int = 0, cfg: CocaConfig | None = None) -> TaskModel:
     """The tiny model with its word embeddings at MiniLM's token norm (~1.1, measured)."""
-    model = tiny_model(seed).eval()
+    model = tiny_model(seed, cfg).eval()
     table = model.mlm.backbone.get_input_embeddings().weight
     with torch.no_grad():
         table.mul_(1.1 / table.norm(dim=-1).mean())

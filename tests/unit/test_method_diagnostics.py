@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from components.config import REPO_ROOT, CocaConfig
-from components.finetune.coca import Coca
 from components.models.task_model import TaskBatch, TaskModel
 from tests.unit.test_coca import minilm_scaled
 from tests.unit.test_hprompt import D, batch, plugin_for, tiny
@@ -48,9 +47,10 @@ def test_coca_probe_shows_the_absolute_ball_is_a_no_op_and_the_per_token_one_is_
     mask = torch.ones(4, 10, dtype=torch.long)
     b = TaskBatch(torch.randint(1, 50, (4, 10), generator=g), mask, torch.tensor([0, 1, 2, 1]),
                   mask_pos=torch.full((4,), 9))
-    absolute = diag.coca_probe(minilm_scaled(), Coca(CocaConfig(radius="absolute", epsilon=1e-3, step_size=1e-3,
-                                                                 noise_std=1e-5), 3), b)
-    per_token = diag.coca_probe(minilm_scaled(), Coca(CocaConfig(), 3), b)
+    first = minilm_scaled(cfg=CocaConfig(radius="absolute", epsilon=1e-3, step_size=1e-3, noise_std=1e-5))
+    absolute = diag.coca_probe(first, first.plugins[0], b)
+    default = minilm_scaled(cfg=CocaConfig())
+    per_token = diag.coca_probe(default, default.plugins[0], b)
     assert absolute["delta_to_example_norm"] < 1e-3 and per_token["delta_to_example_norm"] == pytest.approx(0.05, rel=1e-3)
     assert absolute["adv_gain"] < 0.01 * absolute["D_clean"] < per_token["adv_gain"]
     for out in (absolute, per_token):
