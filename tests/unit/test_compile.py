@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
-from transformers import BertConfig, BertForMaskedLM
 
 from components.config import FinetuneConfig
-from components.finetune.loop import batches, finetune
+from components.finetune.loop import finetune
 from components.methods.registry import build_pretrain_plugins
 from components.models import compile as C
 from components.models.masked_lm import MaskedLM
-from components.models.task_model import TaskModel
+from components.models.task_model import TaskModel, batches
 from components.pretrain.loop import LocalSession, run_stage
 from tests.helpers.stage import make_spec
+from tests.helpers.tiny import tiny_hf_mlm
 
 
 @pytest.fixture(autouse=True)
@@ -61,10 +61,7 @@ def test_compiled_stage_matches_eager(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def _tiny_task_model() -> TaskModel:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=32)
-    return TaskModel(MaskedLM(BertForMaskedLM(config)), num_labels=3)
+    return TaskModel(MaskedLM(tiny_hf_mlm(60, max_positions=32)), num_labels=3)
 
 
 def _task_data(n: int, seed: int) -> dict[str, torch.Tensor]:
