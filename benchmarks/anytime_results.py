@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 import traceback
@@ -36,7 +35,8 @@ from components.cli import add_config_args, check_job_paths, print_config, run_m
 from components.config import REPO_ROOT, Config, load_config  # noqa: E402
 from components.errors import InputError  # noqa: E402
 from components.eval.matrix import ALL_SCORES  # noqa: E402
-from components.eval.results_table import (BASE, REFERENCE, available_scores, build_results, heatmaps_png, load_cells,  # noqa: E402
+from components.eval.plots import anytime_heatmaps_png  # noqa: E402
+from components.eval.results_table import (BASE, REFERENCE, available_scores, build_results, load_cells,  # noqa: E402
                                            load_runs, results_markdown)
 from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -87,7 +87,8 @@ def parse_list(text: str, what: str, cast=str) -> list:
 
 
 def run_one(cfg: Config, run_dir: Path) -> float:
-    from components.pipeline import Pipeline, prepare
+    from components.run.execute import Pipeline
+    from components.run.plan import prepare
 
     t0 = time.time()
     Pipeline(cfg, run_dir, prepare(cfg)).execute()
@@ -100,15 +101,11 @@ def run_one(cfg: Config, run_dir: Path) -> float:
 def archive_run(run_dir: Path, dest: Path) -> None:
     """Copy a finished run's ``ARCHIVED`` files and its cell records (cells/*.json, read by the
     collapse guard) to ``dest`` (anytime.json last: it marks the copy complete)."""
-    dest.mkdir(parents=True, exist_ok=True)
     for cell in sorted((run_dir / "cells").glob("*.json")):
-        (dest / "cells").mkdir(exist_ok=True)
-        shutil.copyfile(cell, dest / "cells" / f".{cell.name}.tmp")
-        os.replace(dest / "cells" / f".{cell.name}.tmp", dest / "cells" / cell.name)
+        atomic_write_bytes(dest / "cells" / cell.name, cell.read_bytes())
     for name in sorted(ARCHIVED, key=lambda n: n == "anytime.json"):
         if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, dest / f".{name}.tmp")
-            os.replace(dest / f".{name}.tmp", dest / name)
+            atomic_write_bytes(dest / name, (run_dir / name).read_bytes())
 
 
 def pending_runs(out: Path, methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
@@ -148,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed: dict[tuple[str, int], str] = {}
     if not args.report_only:
-        from components.pipeline import prepare
+        from components.run.plan import prepare
 
         for m in methods:  # data, model and method checks before hours of training
             prepare(cfgs[(m, seeds[0])])
@@ -193,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     if heat:
         import numpy as np
 
-        atomic_write_bytes(out / "heatmaps.png", heatmaps_png({m: np.array(v, dtype=float) for m, v in heat.items()},
-                                                              results["domains"], title=heat_score))
-    from components.run_dir import git_sha, versions
+        atomic_write_bytes(out / "heatmaps.png", anytime_heatmaps_png(
+            {f"{m}\n{heat_score}, mean over seeds": np.array(v, dtype=float) for m, v in heat.items()},
+            results["domains"]))
+    from components.run.run_dir import git_sha, versions
 
     v = versions()
     ref_cfg = cfgs[(methods[0], seeds[0])]

@@ -29,7 +29,7 @@ from components.checkpoint import load_tree  # noqa: E402
 from components.cli import run_main  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.eval.cells import CellSpec, run_cell  # noqa: E402
+from components.run.cells import CellSpec, run_cell  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

@@ -2,7 +2,7 @@
 
 CoCa's consistency term pulls the task head's distribution towards the pre-defined head's,
 p_pre(y|x) = softmax_y(MLM-head logits at the template's mask slot, restricted to one verbalizer
-token per class) (DESIGN.md 3.3). If p_pre predicts the same class for every input, that pull
+token per class) (docs/methods.md). If p_pre predicts the same class for every input, that pull
 is towards a constant (until CoCa's alpha term has trained the head). For each checkpoint (a stage's `model.safetensors` in a run dir) and each
 task of the config, prints the pre-defined head's zero-shot dev accuracy, the dev majority rate
 and how its argmax predictions spread over the classes, on the first `finetune.max_eval_examples`
@@ -29,9 +29,10 @@ from components.config import load_config  # noqa: E402
 from components.data.domains import read_task, resolve_domain  # noqa: E402
 from components.data.task_encoding import default_template, encode_task  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.finetune.task_model import TaskBatch  # noqa: E402
-from components.methods import TaskInfo, build_task_model  # noqa: E402
+from components.finetune.coca import coca_of  # noqa: E402
+from components.methods.registry import build_task_model  # noqa: E402
 from components.models.loading import load_tokenizer  # noqa: E402
+from components.models.task_model import TaskBatch, TaskInfo  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +64,7 @@ def main() -> None:
             with torch.no_grad():
                 out = model.eval()(TaskBatch(enc["input_ids"], enc["attention_mask"], enc["labels"],
                                              enc.get("token_type_ids"), enc.get("mask_pos")))
-                pred = model.predefined_logits(out).argmax(-1)
+                pred = coca_of(model).predefined_logits(model, out).argmax(-1)
             y = enc["labels"]
             spread = collections.Counter(info.label_names[i] for i in pred.tolist())
             print(f"{d.name:>12}: zero-shot acc {float((pred == y).float().mean()):.3f}, dev majority "

@@ -46,15 +46,16 @@ from components.data.corpus_cache import load_corpus_blocks  # noqa: E402
 from components.data.domains import resolve_domain  # noqa: E402
 from components.data.masking import MlmMasker  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.eval.cells import CellSpec, run_cell, run_probe_row  # noqa: E402
+from components.run.cells import CellSpec, run_cell, run_probe_row  # noqa: E402
 from components.eval.metrics import mean_ci95  # noqa: E402
 from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from components.methods.registry import build_pretrain_plugins  # noqa: E402
 from components.models.head_warmup import prepare_base_model  # noqa: E402
 from components.models.loading import load_tokenizer, masked_lm_from_state  # noqa: E402
 from components.models.masked_lm import MaskedLM  # noqa: E402
 from components.models.rewarm import heldout_mlm  # noqa: E402
-from components.pretrain.loop import LocalSession, StageSpec, Tokens, run_stage  # noqa: E402
-from components.pretrain.plugin import StageInfo  # noqa: E402
+from components.pretrain.loop import LocalSession, StageSpec, run_stage  # noqa: E402
+from components.pretrain.plugin import StageInfo, Tokens  # noqa: E402
 
 KINDS = ("probe", "finetune")
 
@@ -144,7 +145,7 @@ def run_domain(cfg: Config, own: str, other: str, seed: int, budgets: list[int],
             if not ckpt.is_dir():
                 print(f"[{own} seed {seed}] pre-training to step {b} of {steps} ...", flush=True)
                 session = BudgetSession(work, keep=set(budgets))
-                run_stage(replace(spec, stop_at=b), session)
+                run_stage(replace(spec, stop_at=b), session, build_pretrain_plugins)
             hf = masked_lm_from_state(cfg.model.name, base)
             load_module(hf, ckpt / "model.safetensors")
             weights = hf.state_dict()

@@ -41,14 +41,16 @@ import torch  # noqa: E402
 
 from components.config import REPO_ROOT, load_config  # noqa: E402
 from components.data.masking import MlmMasker  # noqa: E402
+from components.methods.registry import build_pretrain_plugins  # noqa: E402
 from components.models.compile import resolve_compile  # noqa: E402
 from components.models.loading import load_masked_lm, load_tokenizer  # noqa: E402
 from components.models.masked_lm import MaskedLM  # noqa: E402
 from components.models.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
-from components.pretrain.expert_kd import ExpertSpec, logits_file_key  # noqa: E402
-from components.pretrain.loop import LocalSession, MlmObjective, StageSpec, Tokens, run_stage, save_checkpoint  # noqa: E402
+from components.models.schedule import make_adamw, make_scheduler  # noqa: E402
+from components.pretrain.expert_kd import ExpertSpec  # noqa: E402
+from components.pretrain.loop import LocalSession, MlmObjective, StageSpec, run_stage, save_checkpoint  # noqa: E402
+from components.pretrain.plugin import Tokens  # noqa: E402
 from components.pretrain.plugin import StageInfo  # noqa: E402
-from components.pretrain.schedule import make_adamw, make_scheduler  # noqa: E402
 from components.ray_env import LEAN_RAY_ENV  # noqa: E402
 
 B_VARIANTS = {"b_fp32": ("fp32", "never"), "b_fp32_compile": ("fp32", "always"),
@@ -121,7 +123,7 @@ def our_loop(spec: StageSpec, root: Path, device: str) -> dict:
     report warm up), and the compile time: the first report's elapsed time minus its steps at
     the measured rate."""
     session = LocalSession(root, device)
-    run_stage(spec, session)
+    run_stage(spec, session, build_pretrain_plugins)
     first, last = session.metrics[0], session.metrics[-1]
     step_s = (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"])
     return {"tokens_per_s": _rate(session.metrics), "step_s": step_s,
@@ -166,7 +168,7 @@ def ray_loop(spec: StageSpec, root: Path, env: dict[str, str], device: str) -> d
     import psutil
     import ray
 
-    from components.pretrain.ray_stage import train_stage
+    from components.run.ray_stage import train_stage
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -251,7 +253,7 @@ def main() -> None:
         stage = StageInfo(index=1, domain="bench", domains_seen=["bench"], domain_order=["bench"],
                           work_dir=Path(tempfile.gettempdir()))
         return StageSpec(config=cfg, stage=stage, tokens=tokens, init_weights=init, train_blocks=blocks,
-                         total_steps=steps, base_weights=init)
+                         total_steps=steps, payload={"hprompt": {"base_weights": init}})
 
     native = native_bf16(device)
     peaks = {"fp32": matmul_peak(device), "bf16": matmul_peak(device, torch.bfloat16, *((2048, 5) if native else (1024, 2)))}
@@ -284,8 +286,8 @@ def main() -> None:
         c_stock = ray_loop(c_spec, root / "c_stock", {k: "1" for k in LEAN_RAY_ENV}, device)
         hp = our_loop(spec(["methods.hprompt.enabled=true", "pretrain.precision=fp32"]), root / "hp", device)["tokens_per_s"]
         kd_spec = spec(["methods.distill.mode=uegp", "pretrain.precision=fp32"])
-        kd_spec.experts = [ExpertSpec("bench", 3, False)]
-        kd_spec.arrays = {logits_file_key("bench"): rng.standard_normal((n, 3)).astype(np.float32)}
+        kd_spec.payload = {"kd": {"experts": [ExpertSpec("bench", 3, False)],
+                                  "logits": {"bench": rng.standard_normal((n, 3)).astype(np.float32)}}}
         kd = our_loop(kd_spec, root / "kd", device)["tokens_per_s"]
         ckpt_s = checkpoint_seconds(hf, root / "ckpt")
     fp32 = b["b_fp32"]["tokens_per_s"]

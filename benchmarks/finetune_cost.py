@@ -34,13 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from components.config import REPO_ROOT, load_config  # noqa: E402
-from components.finetune.task_model import TaskBatch  # noqa: E402
 from components.finetune.loop import task_loss, train_step  # noqa: E402
+from components.methods.registry import build_task_model  # noqa: E402
+from components.models.task_model import TaskInfo  # noqa: E402
 from components.models.compile import CompiledStep, resolve_compile  # noqa: E402
-from components.models.precision import resolve_precision  # noqa: E402
-from components.methods import TaskInfo, build_task_model  # noqa: E402
 from components.models.loading import load_masked_lm, load_tokenizer  # noqa: E402
-from components.pretrain.schedule import fused_adamw  # noqa: E402
+from components.models.precision import resolve_precision  # noqa: E402
+from components.models.schedule import fused_adamw  # noqa: E402
+from components.models.task_model import TaskBatch  # noqa: E402
 from cpt_throughput import B_VARIANTS, matmul_peak, native_bf16, train_flops_per_token  # noqa: E402
 
 VARIANTS = {

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout thi
 from components.cli import add_config_args, print_config, run_main  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.eval.cells import CellSpec, run_cell  # noqa: E402
 from components.models.loading import load_masked_lm  # noqa: E402
+from components.run.cells import CellSpec, run_cell  # noqa: E402
 
 
 def main() -> None:

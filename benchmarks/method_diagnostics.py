@@ -59,7 +59,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from components.finetune.coca import Coca, adversarial_delta, head_divergence, project  # noqa: E402
 from components.finetune.loop import task_loss  # noqa: E402
-from components.finetune.task_model import TaskBatch, TaskModel  # noqa: E402
+from components.models.task_model import TaskBatch, TaskModel  # noqa: E402
 from components.models.masked_lm import MaskedLM, mean_pool  # noqa: E402
 from components.pretrain.expert_kd import mask_last_content  # noqa: E402
 from components.pretrain.hprompt import HPromptPlugin  # noqa: E402
@@ -151,7 +151,7 @@ def coca_probe(model: TaskModel, plugin: Coca, batch: TaskBatch, clip: float = 1
         bound = cfg.epsilon * (emb.norm(dim=-1, keepdim=True) if cfg.radius == "per_token" else 1.0)
         noise = project(torch.randn_like(emb) * 1e3, mask, bound, cfg.radius)  # a random point on the ball's surface
         d_noise = head_divergence(model, model(batch, noise.to(emb.dtype)), cfg.divergence)
-        pre = model.predefined_logits(out0)
+        pre = plugin.predefined_logits(model, out0)
     delta = adversarial_delta(model, batch, cfg.epsilon, cfg.steps, cfg.step_size, cfg.noise_std, cfg.divergence,
                               cfg.radius)
     with torch.no_grad():
@@ -170,7 +170,7 @@ def coca_probe(model: TaskModel, plugin: Coca, batch: TaskBatch, clip: float = 1
     torch.manual_seed(seed)
     out = model(batch)
     g_task = _grad(task_loss(out.logits, batch.labels, False), params)
-    g_pre = _grad(cfg.alpha * F.cross_entropy(model.predefined_logits(out).float(), batch.labels), params)
+    g_pre = _grad(cfg.alpha * F.cross_entropy(plugin.predefined_logits(model, out).float(), batch.labels), params)
     g_con = _grad(cfg.beta * head_divergence(model, model(batch, delta), cfg.divergence).mean(), params)
     total = (g_task + g_pre + g_con).norm()
     res.update({
@@ -254,7 +254,8 @@ def _coca_main(args, cfg) -> list[dict]:
     from components.data.domains import read_task, resolve_domain
     from components.data.task_encoding import default_template, encode_task
     from components.errors import InputError
-    from components.methods import TaskInfo, build_task_model
+    from components.methods.registry import build_task_model
+    from components.models.task_model import TaskInfo
     from components.models.loading import load_tokenizer
 
     names = [d.name for d in cfg.domains]

@@ -68,10 +68,6 @@ def load_module(module: nn.Module, path: Path, strict: bool = True) -> None:
         raise RuntimeError(f"{path}: missing {missing[:5]} unexpected {unexpected[:5]}")
 
 
-def state_to_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
 def publish_dir(tmp: Path, final: Path) -> None:
     """Atomically replace directory `final` by the finished directory `tmp` (same filesystem)."""
     final.parent.mkdir(parents=True, exist_ok=True)

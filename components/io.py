@@ -1,5 +1,6 @@
-"""Atomic file writes (temp file in the same directory, then ``os.replace``), JSON reads, and
-append-only JSONL files that survive a process killed mid-append (a torn last line)."""
+"""Atomic file writes (temp file in the same directory, then ``os.replace``), JSON reads,
+append-only JSONL files that survive a process killed mid-append (a torn last line), URIs
+(detection, secrets redacted)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,3 +103,31 @@ def append_jsonl(path: Path | str, record: dict) -> None:
                 f.truncate(size - len(data) + cut + 1 if cut >= 0 else size - len(data))
         f.write((json.dumps(to_jsonable(record), allow_nan=False) + "\n").encode("utf-8"))
         f.flush()
+
+
+def is_uri(text: str | None) -> bool:
+    """True for `scheme://...` strings (a filesystem path never contains '://')."""
+    return bool(text) and "://" in text
+
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(?:[^/@:\s'\"]*:[^@\s'\"]*|[^/@\s'\"]+)@")
+_SECRET_PARAM = re.compile(r"([?&][^=&\s'\"]*(?:secret|key|token|password|passwd|credential|signature|sig)"
+                           r"[^=&\s'\"]*=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with the secrets of every URI in it replaced by `***`: the user-info part
+    (s3://KEY:SECRET@bucket -> s3://***@bucket) and query parameters whose name says key,
+    secret, token, password, credential or signature (?secret_key=X -> ?secret_key=***)."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
+
+
+def redact_tree(obj):
+    """`redact` applied to every string in nested dicts and lists (configs, manifests)."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: redact_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact_tree(v) for v in obj]
+    return obj

@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from components.lock import hold
-    from components.pipeline import Pipeline, prepare, write_report
-    from components.run_dir import RunDir, check_same_run
+    from components.run.execute import Pipeline
+    from components.run.plan import prepare
+    from components.run.report import write_report
+    from components.run.run_dir import RunDir, check_same_run
 
     if run_dir is not None and not args.dry_run:
         hold(run_dir)  # one pipeline per run directory; before any work

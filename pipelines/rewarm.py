@@ -29,7 +29,7 @@ from components.cli import add_config_args, config_from_args  # noqa: E402
 from components.data.corpus_cache import load_corpus_blocks  # noqa: E402
 from components.data.domains import resolve_domain  # noqa: E402
 from components.data.masking import MlmMasker  # noqa: E402
-from components.eval.cells import CellSpec, run_cell, run_probe_row  # noqa: E402
+from components.run.cells import CellSpec, run_cell, run_probe_row  # noqa: E402
 from components.models.head_warmup import general_corpus, prepare_base_model  # noqa: E402
 from components.models.loading import load_tokenizer, masked_lm_from_state  # noqa: E402
 from components.models.masked_lm import MaskedLM  # noqa: E402

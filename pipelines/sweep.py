@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout thi
 
 from components.cli import add_config_args, config_from_args, print_config, run_main  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.sweep import SEARCHERS  # noqa: E402
+from components.sweep.space import SEARCHERS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print_config(cfg)
         return 0
     from components.lock import hold
-    from components.sweep_runner import plan_sweep, run_sweep
+    from components.sweep.runner import plan_sweep, run_sweep
 
     sweep_plan = plan_sweep(cfg, args.space, args.search)
     print(sweep_plan.describe(cfg, args.num_samples, args.scheduler), flush=True)

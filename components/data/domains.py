@@ -29,8 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.config import DomainConfig, HfTaskConfig
-from components.data.remote import fetch, is_uri
+from components.data.remote import fetch
 from components.errors import InputError
+from components.io import is_uri
 
 SPLITS = ("train", "dev", "test")
 CORPUS_FILES = ("corpus.parquet", "corpus.txt")

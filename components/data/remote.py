@@ -12,42 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from pathlib import Path, PurePosixPath
 
 from components.errors import InputError
-from components.io import atomic_write_json, read_json
+from components.io import atomic_write_json, read_json, redact
 
 CORPUS_SUFFIXES = (".parquet", ".txt")
-
-
-def is_uri(text: str | None) -> bool:
-    """True for `scheme://...` strings (a filesystem path never contains '://')."""
-    return bool(text) and "://" in text
-
-
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(?:[^/@:\s'\"]*:[^@\s'\"]*|[^/@\s'\"]+)@")
-_SECRET_PARAM = re.compile(r"([?&][^=&\s'\"]*(?:secret|key|token|password|passwd|credential|signature|sig)"
-                           r"[^=&\s'\"]*=)[^&\s'\"]+", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """`text` with the secrets of every URI in it replaced by `***`: the user-info part
-    (s3://KEY:SECRET@bucket -> s3://***@bucket) and query parameters whose name says key,
-    secret, token, password, credential or signature (?secret_key=X -> ?secret_key=***)."""
-    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
-
-
-def redact_tree(obj):
-    """`redact` applied to every string in nested dicts and lists (configs, manifests)."""
-    if isinstance(obj, str):
-        return redact(obj)
-    if isinstance(obj, dict):
-        return {k: redact_tree(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact_tree(v) for v in obj]
-    return obj
 
 
 def filesystem(uri: str, problem: str):

@@ -1,1 +1,1 @@
-
+"""Layer eval: anytime metrics, the matrix, held-out diagnostics, reports, results tables, run comparison."""

@@ -3,7 +3,7 @@
 Held-out MLM loss (the cheap forgetting signal): mean cross-entropy at masked positions, with
 the same masks at every stage (fixed generator), so rows of the stage x domain matrix compare.
 
-Anchor-vector R^2 (Wu, Lee & Ge, NeurIPS 2023; DESIGN.md 3.5): with logits z = W u + b at a
+Anchor-vector R^2 (Wu, Lee & Ge, NeurIPS 2023; docs/methods.md): with logits z = W u + b at a
 masked position (u = the decoder's input), the "bulk" log partition function
 
     log Z_bulk^k(u) = log sum_{v not in top-k(z)} exp(z_v)

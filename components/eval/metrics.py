@@ -1,4 +1,4 @@
-"""Anytime metrics over the (N+1) x N matrix ``a`` (DESIGN.md section 4).
+"""Anytime metrics over the (N+1) x N matrix ``a`` (docs/design.md, section 4).
 
 ``a[i][j]`` is the test score of the model after pre-training stage ``i`` (row 0 = base
 model) fine-tuned on the task of domain ``j``. Formulas use the design's indices: rows
@@ -11,20 +11,14 @@ cell, is ``None``, never NaN.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-METRIC_NAMES: tuple[str, ...] = (
-    "A_all",
-    "A_seen",
-    "A_unseen",
-    "A_final",
-    "learning_accuracy",
-    "BWT",
-    "FWT",
-    "forgetting",
-)
+from components.config import MetricName
+
+METRIC_NAMES: tuple[str, ...] = typing.get_args(MetricName)  # names declared by the config schema
 
 # Two-sided 95% Student-t critical values t_{0.975, df} for df = 1..30.
 _T975: tuple[float, ...] = (

@@ -39,8 +39,10 @@ def _png(fig: Figure) -> bytes:
 
 
 def _heatmap(ax, values: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str,
-             vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis", fig: Figure | None = None):
-    """An annotated heatmap of `values` (NaN shown as n/a)."""
+             vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis", fig: Figure | None = None,
+             staircase: bool = False):
+    """An annotated heatmap of `values` (NaN shown as n/a). `staircase`: an (N+1) x N anytime
+    matrix, with the red boundary between seen (left, j < i) and unseen tasks."""
     image = ax.imshow(np.ma.masked_invalid(values), vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
     finite = values[np.isfinite(values)]
     mid = float((finite.min() + finite.max()) / 2) if finite.size else 0.0
@@ -50,11 +52,41 @@ def _heatmap(ax, values: np.ndarray, rows: Sequence[str], columns: Sequence[str]
             text = "n/a" if math.isnan(v) else f"{v:.3f}"
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
                     color="black" if math.isnan(v) or v >= mid else "white")
+    if staircase:  # row i has seen tasks j < i: the boundary runs down the diagonal
+        n = values.shape[1]
+        ax.plot([x for i in range(n + 1) for x in (i - 0.5, i - 0.5)],
+                [y for i in range(n + 1) for y in (i - 0.5, i + 0.5)], color="red", linewidth=2)
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.set_ylim(n + 0.5, -0.5)
     ax.set_xticks(range(len(columns)), list(columns), rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), list(rows))
     ax.set_title(title, fontsize=9)
     if fig is not None:
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return image
+
+
+def anytime_heatmaps_png(matrices: dict[str, np.ndarray], domains: Sequence[str], title: str = "") -> bytes:
+    """(N+1) x N anytime matrices side by side, annotated, with the seen/unseen staircase; the
+    colour scale is [min(0, smallest value), 1] (a regression task's Pearson r may be < 0)."""
+    n, k = len(domains), len(matrices)
+    fig = Figure(figsize=(k * (2.4 + 0.9 * n), 2.2 + 0.7 * (n + 1)))
+    rows = [f"{i}: {r}" for i, r in enumerate(["base", *domains])]
+    for ax, (name, values) in zip(fig.subplots(1, k, squeeze=False)[0], matrices.items()):
+        values = np.asarray(values, dtype=float)
+        low = min(0.0, float(np.nanmin(values, initial=0.0)))
+        _heatmap(ax, values, rows, domains, name, vmin=low, vmax=1.0, fig=fig, staircase=True)
+        ax.set_xlabel("fine-tuned on task")
+        ax.set_ylabel("after pre-training stage")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """The lines of a markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
 
 
 def _matrix(values: Any) -> np.ndarray:
@@ -155,7 +187,7 @@ def probe_png(anytime: dict) -> bytes | None:
         values = _matrix(anytime[key])
         rows = anytime["rows"] if len(anytime["rows"]) == values.shape[0] else [str(i) for i in range(values.shape[0])]
         _heatmap(ax, values, [f"{i}: {r}" for i, r in enumerate(rows)], domains, key.replace("_", " "),
-                 vmin=0.0, vmax=1.0, fig=fig)
+                 vmin=0.0, vmax=1.0, fig=fig, staircase=values.shape[0] == len(domains) + 1)
         ax.set_xlabel("probed task")
         ax.set_ylabel("after pre-training stage")
     return _png(fig)
@@ -190,7 +222,7 @@ def comparison_figure(runs: Sequence[tuple[str, dict]], score: str) -> bytes:
     for ax, (label, anytime) in zip(axes, runs):
         rows = [f"{i}: {r}" for i, r in enumerate(anytime["rows"])]
         _heatmap(ax, _matrix(anytime[score]), rows, anytime["domains"], f"{label}: {SCORE_LABELS[score]}",
-                 vmin=0.0, vmax=1.0)
+                 vmin=0.0, vmax=1.0, staircase=True)
     ax = axes[-1]
     x = np.arange(len(METRIC_NAMES))
     bar = 0.8 / n

@@ -20,9 +20,10 @@ import warnings
 
 import numpy as np
 import torch
+from sklearn.metrics import accuracy_score, f1_score
 
-from components.eval.scores import accuracy, macro_f1
 from components.models.precision import autocast_for
+from components.models.task_model import batches
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -32,8 +33,6 @@ ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 def probe_features(model, data: dict[str, torch.Tensor], batch_size: int, device: torch.device,
                    precision: str = "fp32") -> np.ndarray:
     """e(x) of every example, [n, d] float32: `model` is a TaskModel in eval mode (no dropout)."""
-    from components.finetune.loop import batches
-
     model.eval().to(device)
     out = []
     for b in batches(data, batch_size):
@@ -67,7 +66,7 @@ def fit_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray], regression: bo
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # lbfgs may stop at max_iter on the weakest regularisation
                 model = LogisticRegression(C=reg, max_iter=2000).fit(z["train"], y["train"])
-            dev = accuracy(model.predict(z["dev"]), y["dev"])
+            dev = accuracy_score(y["dev"], model.predict(z["dev"]))
         if best is None or dev > best[0]:
             best = (dev, reg, model)
     dev, reg, model = best
@@ -75,7 +74,8 @@ def fit_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray], regression: bo
     if regression:
         r = _pearson(pred, y["test"])
         return {"accuracy": r, "macro_f1": r, "reg": reg, "dev": None if dev == -np.inf else float(dev)}
-    return {"accuracy": accuracy(pred, y["test"]), "macro_f1": macro_f1(pred, y["test"]), "reg": reg,
+    return {"accuracy": float(accuracy_score(y["test"], pred)),
+            "macro_f1": float(f1_score(y["test"], pred, average="macro", zero_division=0)), "reg": reg,
             "dev": float(dev)}
 
 

@@ -13,14 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from components.eval.matrix import SCORES, build_matrix, cell_mean_ci95, per_seed_metrics
 from components.eval.metrics import METRIC_NAMES, all_metrics
-from components.eval.plots import write_plots
+from components.eval.plots import SCORE_LABELS, anytime_heatmaps_png, markdown_table, write_plots
 from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text, to_jsonable
-
-SCORE_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
 
 
 def _fmt(value: float | None, half: float | None = None) -> str:
@@ -38,10 +35,7 @@ def _row_labels(domains: Sequence[str]) -> list[str]:
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, rows))
 
 
 def _csv_text(domains: Sequence[str], stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
@@ -64,42 +58,13 @@ def _heatmap_png(
     stats: dict[str, tuple[np.ndarray, np.ndarray]],
     metrics: dict[str, dict[str, float | None]],
 ) -> bytes:
-    """Two annotated heatmaps (accuracy, macro-F1) with the seen/unseen staircase."""
-    n = len(domains)
-    fig = Figure(figsize=(2 * (2.2 + 0.9 * n), 2.0 + 0.7 * (n + 1)))  # Agg canvas; no pyplot state
-    axes = fig.subplots(1, 2, squeeze=False)
-    for ax, score in zip(axes[0], SCORES):
-        mean = stats[score][0]
-        low = min(0.0, float(np.nanmin(mean, initial=0.0)))  # Pearson r of a regression task may be < 0
-        image = ax.imshow(np.ma.masked_invalid(mean), vmin=low, vmax=1.0, cmap="viridis")
-        for i in range(n + 1):
-            for j in range(n):
-                missing = math.isnan(mean[i, j])
-                text = "n/a" if missing else f"{mean[i, j]:.3f}"
-                color = "white" if not missing and mean[i, j] < 0.6 else "black"
-                ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
-        # Row i sees tasks j <= i: the boundary runs down the diagonal as a staircase.
-        xs = [x for i in range(n + 1) for x in (i - 0.5, i - 0.5)]
-        ys = [y for i in range(n + 1) for y in (i - 0.5, i + 0.5)]
-        ax.plot(xs, ys, color="red", linewidth=2)
-        ax.set_xlim(-0.5, n - 0.5)
-        ax.set_ylim(n + 0.5, -0.5)
-        ax.set_xticks(range(n), list(domains), rotation=30, ha="right")
-        ax.set_yticks(range(n + 1), [f"{i}: {r}" for i, r in enumerate(_row_labels(domains))])
-        ax.set_xlabel("fine-tuned on task")
-        ax.set_ylabel("after pre-training stage")
+    """Two annotated heatmaps (accuracy, macro-F1) with the seen/unseen staircase and the metrics."""
+    panels = {}
+    for score in SCORES:
         m = metrics[score]
-        ax.set_title(
-            f"{SCORE_LABELS[score]}\nA_all={_fmt(m['A_all'])}  A_seen={_fmt(m['A_seen'])}\n"
-            f"A_unseen={_fmt(m['A_unseen'])}  A_final={_fmt(m['A_final'])}",
-            fontsize=9,
-        )
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle("Anytime matrix (left of the red staircase: seen domains)", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return buf.getvalue()
+        panels[f"{SCORE_LABELS[score]}\nA_all={_fmt(m['A_all'])}  A_seen={_fmt(m['A_seen'])}\n"
+               f"A_unseen={_fmt(m['A_unseen'])}  A_final={_fmt(m['A_final'])}"] = stats[score][0]
+    return anytime_heatmaps_png(panels, domains, "Anytime matrix (left of the red staircase: seen domains)")
 
 
 def _report_md(

@@ -25,18 +25,16 @@ so its metrics are those of its own matrix (``all_metrics``).
 
 from __future__ import annotations
 
-import io
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from components.eval.matrix import ALL_SCORES, SCORES
 from components.eval.metrics import METRIC_NAMES, all_metrics, mean_ci95
+from components.eval.plots import markdown_table
 
 TABLE_METRICS: tuple[str, ...] = ("A_all", "A_seen", "A_unseen", "A_final", "BWT", "FWT", "forgetting")
 BASE = "base"
@@ -229,11 +227,6 @@ def _sig(flag: bool | None) -> str:
     return "n/a" if flag is None else ("**sig**" if flag else "n.s.")
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def results_markdown(results: Mapping[str, Any], header: Sequence[tuple[str, Any]] = (),
                      heatmaps: str | None = None) -> str:
     """results.md: header facts, one table per score (rows: methods incl. base), paired
@@ -260,7 +253,7 @@ def results_markdown(results: Mapping[str, Any], header: Sequence[tuple[str, Any
                 cell["missing"] = m in missing_methods
                 cells.append(_fmt_cell(cell, n_seeds))
             rows.append([m, *cells])
-        lines += _md_table(["method", *results["metrics"]], rows) + [""]
+        lines += markdown_table(["method", *results["metrics"]], rows) + [""]
         if block["paired_vs_reference"]:
             lines += [f"### {title}: paired difference vs {ref} (method - {ref}, same seed)", ""]
             rows = []
@@ -273,7 +266,7 @@ def results_markdown(results: Mapping[str, Any], header: Sequence[tuple[str, Any
                     else:
                         cells.append(f"{_fmt_cell(cell, n_seeds, signed=True)} {_sig(cell['significant'])}")
                 rows.append([m, *cells])
-            lines += _md_table(["method", *results["metrics"]], rows)
+            lines += markdown_table(["method", *results["metrics"]], rows)
             lines += ["", "**sig** = the 95% interval of the paired differences excludes 0 (paired t-test, 5%); "
                       "n.s. = it does not; n/a = fewer than 2 paired seeds.", ""]
     lines += _collapse_lines(results.get("collapse") or {})
@@ -304,47 +297,13 @@ def _collapse_lines(collapse: Mapping[str, Any]) -> list[str]:
         unchecked = c["seeds_without_records"]
         rows.append([m, str(c["cells_checked"]), f"**{c['single_class']}**" if c["single_class"] else "0",
                      ", ".join(map(str, unchecked)) if unchecked else "-"])
-    lines += _md_table(["method", "cells checked", "single-class cells", "seeds without cell records"], rows) + [""]
+    lines += markdown_table(["method", "cells checked", "single-class cells", "seeds without cell records"], rows) + [""]
     flagged = [(m, f) for m, c in collapse.items() for f in c["flagged"]]
     for m, f in flagged:
         rate = "" if f["majority_rate"] is None else f" (test majority rate {f['majority_rate']:.3f})"
         lines.append(f"- {m} seed {f['seed']}, stage {f['stage']}, task {f['task']}: every test example "
                      f"'{f['predicted']}'{rate}")
     return lines + ([""] if flagged else [])
-
-
-# ----------------------------------------------------------------------------- heatmaps
-
-
-def heatmaps_png(matrices: Mapping[str, np.ndarray], domains: Sequence[str], title: str = "accuracy") -> bytes:
-    """Annotated heatmaps of several (N+1) x N matrices side by side, with the seen/unseen staircase."""
-    n = len(domains)
-    k = len(matrices)
-    fig = Figure(figsize=(k * (2.4 + 0.9 * n), 2.2 + 0.7 * (n + 1)))  # Agg canvas, no pyplot state
-    axes = fig.subplots(1, k, squeeze=False)[0]
-    image = None
-    for ax, (name, mat) in zip(axes, matrices.items()):
-        mat = np.asarray(mat, dtype=float)
-        image = ax.imshow(np.ma.masked_invalid(mat), vmin=0.0, vmax=1.0, cmap="viridis")
-        for i in range(n + 1):
-            for j in range(n):
-                v = mat[i, j]
-                ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=8,
-                        color="white" if not math.isnan(v) and v < 0.6 else "black")
-        ax.plot([x for i in range(n + 1) for x in (i - 0.5, i - 0.5)],
-                [y for i in range(n + 1) for y in (i - 0.5, i + 0.5)], color="red", linewidth=2)
-        ax.set_xlim(-0.5, n - 0.5)
-        ax.set_ylim(n + 0.5, -0.5)
-        ax.set_xticks(range(n), list(domains), rotation=30, ha="right")
-        ax.set_yticks(range(n + 1), [f"{i}: {r}" for i, r in enumerate(["base", *domains])])
-        ax.set_xlabel("fine-tuned on task")
-        ax.set_title(f"{name}\n{title}, mean over seeds", fontsize=9)
-    axes[0].set_ylabel("after pre-training stage")
-    if image is not None:
-        fig.colorbar(image, ax=list(axes), fraction=0.046 / k, pad=0.04)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- loading

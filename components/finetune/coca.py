@@ -1,4 +1,4 @@
-"""Consistency calibration (CoCa, DESIGN.md 3.3): agree the task head with the pre-defined head.
+"""Consistency calibration (CoCa, docs/methods.md): agree the task head with the pre-defined head.
 
 Two heads read the task embedding e(x): the task head, p_task = softmax(W e(x) + b), and the
 pre-defined head, p_pre = softmax of the MLM head's logits at the verbalizer tokens. The
@@ -41,10 +41,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from components.config import CocaConfig
+from components.config import CocaConfig, Config
 from components.errors import InputError
 from components.finetune.plugin import FinetunePlugin
-from components.finetune.task_model import TaskBatch, TaskModel, TaskOutput
+from components.finetune.verbalizers import verbalizer_ids
+from components.models.task_model import TaskBatch, TaskModel, TaskOutput
 
 Divergence = Literal["sym_kl", "js"]
 
@@ -63,9 +64,14 @@ def divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, kind: Divergence)
     return 0.5 * ((lp.exp() * (lp - lm)).sum(-1) + (lq.exp() * (lq - lm)).sum(-1))
 
 
+def coca_of(model: TaskModel) -> "Coca":
+    """The CoCa plug-in inside `model` (it holds the pre-defined head's verbalizers)."""
+    return next(p for p in model.plugins if isinstance(p, Coca))
+
+
 def head_divergence(model: TaskModel, out: TaskOutput, kind: Divergence) -> torch.Tensor:
     """D(p_task, p_pre) per example for one forward's output."""
-    return divergence(out.logits, model.predefined_logits(out), kind)
+    return divergence(out.logits, coca_of(model).predefined_logits(model, out), kind)
 
 
 Radius = Literal["per_token", "absolute"]
@@ -126,8 +132,10 @@ class Coca(FinetunePlugin):
     """
 
     name = "coca"
+    pooling = "mask"   # e(x) at the template's mask slot, where the MLM head is a classifier
 
-    def __init__(self, cfg: CocaConfig, num_labels: int, task: str = "task"):
+    def __init__(self, cfg: CocaConfig, num_labels: int, task: str = "task",
+                 verbalizers: torch.Tensor | None = None, calibrated_head: bool = False):
         super().__init__()
         if num_labels < 2:
             raise InputError(
@@ -136,6 +144,34 @@ class Coca(FinetunePlugin):
             )
         self.cfg = cfg
         self.beta_scale = 1.0  # the ramp's factor at the current step (set_progress)
+        self.calibrated_head = calibrated_head   # the MLM head reads the calibrated Z (RepCali mlm_head)
+        self.register_buffer("verbalizer_ids", verbalizers if verbalizers is not None
+                             else torch.empty(0, dtype=torch.long))
+
+    @classmethod
+    def enabled(cls, cfg: Config) -> bool:
+        return cfg.finetune.coca.enabled
+
+    @classmethod
+    def validate(cls, cfg: Config, tasks, tokenizer) -> None:
+        """Every task has classes and a distinct verbalizer token per class."""
+        for i, t in enumerate(tasks):
+            if t.label_names is None:
+                raise InputError(f"finetune.coca: task '{t.name}' is a regression task; CoCa needs classes")
+            verbalizer_ids(t.label_names, tokenizer, t.verbalizers, where=f"domains[{i}].verbalizers")
+
+    @classmethod
+    def build(cls, cfg: Config, mlm, task, tokenizer, base_weights, plugin_state):
+        index = [d.name for d in cfg.domains].index(task.name)
+        ids, notes = verbalizer_ids(task.label_names or [], tokenizer, task.verbalizers,
+                                    where=f"domains[{index}].verbalizers")
+        r = cfg.finetune.repcali
+        return cls(cfg.finetune.coca, task.num_labels, task.name, ids, r.enabled and r.mlm_head), notes
+
+    def predefined_logits(self, model: TaskModel, out: TaskOutput) -> torch.Tensor:
+        """The MLM head at the slot, restricted to one verbalizer token per class: [B, C]."""
+        h = out.embedding if self.calibrated_head else out.raw_embedding
+        return model.mlm.mlm_logits(h)[:, self.verbalizer_ids]
 
     def set_progress(self, step: int, total: int) -> None:
         """beta_s / beta = min(1, s / (ramp * S)) (1 when ramp = 0)."""
@@ -148,13 +184,13 @@ class Coca(FinetunePlugin):
         terms = {"predefined": zero, "consistency": zero}
         if cfg.alpha == 0 and cfg.beta == 0:
             return terms
-        if model.verbalizer_ids.numel() != out.logits.shape[-1]:
+        if self.verbalizer_ids.numel() != out.logits.shape[-1]:
             raise ValueError(
-                f"CoCa: the TaskModel has {model.verbalizer_ids.numel()} verbalizer ids for "
-                f"{out.logits.shape[-1]} classes (build it with verbalizer_ids(...))"
+                f"CoCa: {self.verbalizer_ids.numel()} verbalizer ids for {out.logits.shape[-1]} classes "
+                "(build it with verbalizer_ids(...))"
             )
         if cfg.alpha > 0:
-            terms["predefined"] = cfg.alpha * F.cross_entropy(model.predefined_logits(out).float(), batch.labels)
+            terms["predefined"] = cfg.alpha * F.cross_entropy(self.predefined_logits(model, out).float(), batch.labels)
         beta = cfg.beta * self.beta_scale
         if beta > 0:
             delta = adversarial_delta(

@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
 
 from components.config import FinetuneConfig
-from components.eval.scores import accuracy, macro_f1
 from components.finetune.plugin import FinetunePlugin
-from components.finetune.task_model import TaskBatch, TaskModel
 from components.models.compile import CompiledStep, resolve_compile
 from components.models.precision import autocast_for
-from components.pretrain.schedule import fused_adamw, make_scheduler
+from components.models.schedule import fused_adamw, make_scheduler
+from components.models.task_model import TaskBatch, TaskModel, batches
 
 
 @dataclass
@@ -41,22 +40,6 @@ class FinetuneResult:
     best_state: dict | None = None
     test_predicted_counts: list[int] | None = None  # per class, argmax on test (None for regression)
     test_label_counts: list[int] | None = None
-
-
-def batches(data: dict[str, torch.Tensor], batch_size: int, order: np.ndarray | None = None):
-    """TaskBatches trimmed to the longest sequence in each batch (dynamic padding)."""
-    n = len(data["labels"])
-    order = np.arange(n) if order is None else order
-    for s in range(0, n, batch_size):
-        idx = torch.from_numpy(order[s:s + batch_size])
-        length = int(data["attention_mask"][idx].sum(1).max())
-        yield TaskBatch(
-            input_ids=data["input_ids"][idx, :length],
-            attention_mask=data["attention_mask"][idx, :length],
-            labels=data["labels"][idx],
-            token_type_ids=data["token_type_ids"][idx, :length] if "token_type_ids" in data else None,
-            mask_pos=data["mask_pos"][idx] if "mask_pos" in data else None,
-        )
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
@@ -93,7 +76,9 @@ def train_step(forward: torch.nn.Module, model: TaskModel, plugins: list[Finetun
 
 
 def score(logits: np.ndarray, labels: torch.Tensor, regression: bool) -> dict[str, float]:
-    """Classification: accuracy and macro-F1. Regression: both slots hold Pearson r in [-1, 1],
+    """Classification (scikit-learn): accuracy = (1/n) sum_i [pred_i = gold_i] and macro-F1 = mean over
+    the classes in gold or pred of 2 P_c R_c / (P_c + R_c) (0 where undefined).
+    Regression: both slots hold Pearson r in [-1, 1],
 
         r = cov(pred, gold) / (std(pred) std(gold)),
 
@@ -107,7 +92,8 @@ def score(logits: np.ndarray, labels: torch.Tensor, regression: bool) -> dict[st
         r = float(np.clip(np.corrcoef(pred, gold)[0, 1], -1.0, 1.0))
         return {"accuracy": r, "macro_f1": r}
     pred = logits.argmax(-1)
-    return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold)}
+    return {"accuracy": float(accuracy_score(gold, pred)),
+            "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0))}
 
 
 def _better(new: float, best: float) -> bool:
@@ -176,9 +162,3 @@ def finetune(
     result.extra_backwards = sum(p.extra_backwards for p in plugins)
     result.best_state = best_state if keep_best_state else None
     return result
-
-
-def timed(fn, *args, **kwargs):
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t

@@ -1,4 +1,4 @@
-"""Representation calibration block (RepCali, DESIGN.md 3.4): between the encoder and the heads.
+"""Representation calibration block (RepCali, docs/methods.md): between the encoder and the heads.
 
 Specification:  Z = LN(H + lambda * C(H)),  with
     rank 0 (the paper's form):  C(H) = c, one learned vector for all positions;
@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.config import RepCaliConfig
+from components.config import Config, RepCaliConfig
 from components.errors import InputError
+from components.finetune.plugin import FinetunePlugin
+from components.models.masked_lm import MaskedLM
 
 
 def parameter_count(rank: int, d: int) -> int:
@@ -88,3 +90,30 @@ class RepCali(nn.Module):
 def build_repcali(cfg: RepCaliConfig, backbone: nn.Module) -> RepCali:
     """The block for `backbone` (a MaskedLM's `.backbone`) from the config's rank and lambda."""
     return RepCali.from_encoder_norm(final_layer_norm(backbone), cfg.rank, cfg.lam)
+
+
+class RepCaliPlugin(FinetunePlugin):
+    """RepCali as a fine-tuning plug-in: its block is the `calibrate` hook (no loss term).
+    `calibrates_mlm_head`: the MLM head (CoCa's pre-defined head) reads Z instead of H."""
+
+    name = "repcali"
+
+    def __init__(self, block: RepCali, calibrates_mlm_head: bool = False):
+        super().__init__()
+        self.block = block
+        self.calibrates_mlm_head = calibrates_mlm_head
+
+    @classmethod
+    def enabled(cls, cfg: Config) -> bool:
+        return cfg.finetune.repcali.enabled
+
+    @classmethod
+    def build(cls, cfg: Config, mlm: MaskedLM, task, tokenizer, base_weights, plugin_state):
+        r = cfg.finetune.repcali
+        block = build_repcali(r, mlm.backbone)
+        share = block.num_parameters() / sum(p.numel() for p in mlm.parameters())
+        note = f"RepCali rank {r.rank}: {block.num_parameters():,} parameters ({100 * share:.3f}% of the model)"
+        return cls(block, calibrates_mlm_head=r.mlm_head), [note]
+
+    def calibrate(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.block(hidden)

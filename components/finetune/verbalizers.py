@@ -1,4 +1,4 @@
-"""Verbalizers: one vocabulary token per class for CoCa's pre-defined head (DESIGN.md 3.3).
+"""Verbalizers: one vocabulary token per class for CoCa's pre-defined head (docs/methods.md).
 
 Default word of a label: lowercase, `_` and `-` become spaces ("PART-OF" -> "part of").
 Its token is the first piece of `tokenizer(" " + word)`: the leading space gives the

@@ -1,4 +1,4 @@
-"""Expert-guided distillation during continual pre-training: UEGP / MoEGP (DESIGN.md 3.2).
+"""Expert-guided distillation during continual pre-training: UEGP / MoEGP (docs/methods.md).
 
 During pre-training on domain t the student carries one small task head per expert in use,
 h_k(x) = W_k z(x) + b_k with z(x) = hidden[:, 0] (the [CLS] position of the SAME forward the
@@ -36,14 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.config import DistillConfig
+from components.config import Config, DistillConfig
 from components.errors import InputError
-from components.models.precision import autocast_for, resolve_precision
-from components.finetune.task_model import TaskBatch, TaskModel
 from components.io import atomic_write_bytes, atomic_write_json
 from components.models.masked_lm import MaskedLM
-from components.pretrain.experts import expert_fingerprint, expert_head, load_expert, read_expert_meta
-from components.pretrain.plugin import PretrainPlugin, StageInfo
+from components.models.precision import autocast_for, resolve_precision
+from components.models.loading import load_tokenizer
+from components.models.task_model import TaskBatch, TaskInfo, TaskModel
+from components.pretrain.experts import expert_fingerprint, expert_head, load_expert, read_expert_meta, save_expert
+from components.pretrain.plugin import Driver, PretrainPlugin, StageInfo, Tokens
+from components.seeding import mix_seed, name_id
 
 CACHE_FORMAT = 1
 
@@ -192,6 +194,20 @@ def expert_logits_cache(
     return path
 
 
+def expert_logits(cfg: Config, expert_dir: str, blocks: np.ndarray, fingerprint: str, base_weights: dict,
+                  tokens: Tokens, build_task_model: Callable, threads: int) -> np.ndarray:
+    """The cached logits of one expert on the stage's blocks (runs as a Ray task on the driver's behalf)."""
+    torch.set_num_threads(max(1, threads))
+    tokenizer = load_tokenizer(cfg.model.name)
+
+    def build(meta: dict):
+        return build_task_model(cfg, base_weights, TaskInfo(meta["task"], meta.get("label_names")), tokenizer)[0]
+
+    path = expert_logits_cache(expert_dir, blocks, tokens.pad_id, cfg.data.cache_dir, fingerprint, build,
+                               mask_id=tokens.mask_id, precision=cfg.finetune.precision)
+    return np.load(path)
+
+
 # ----------------------------------------------------------------------------- which experts
 
 
@@ -228,18 +244,18 @@ class ExpertSpec:
     task: str
     num_labels: int
     is_regression: bool
-    logits_path: str | None = None   # else taken from StageInfo.files[logits_file_key(task)]
+    logits_path: str | None = None   # else the payload's logits, else StageInfo.files[logits_file_key(task)]
     expert_dir: str | None = None    # for cfg.warm_start_head: copy the expert's head at creation
 
 
 def _head_seed(seed: int, task: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"kd-head:{seed}:{task}".encode()).digest()[:8], "little") >> 1
+    return mix_seed(seed, name_id("kd-head"), name_id(task))
 
 
 def sample_seed(seed: int, step: int) -> int:
     """Seed of the per-step generator for "sample" weighting: a function of (seed, step) only,
     so every DDP rank draws the same expert at the same step without communication."""
-    return int.from_bytes(hashlib.sha256(f"kd-sample:{seed}:{step}".encode()).digest()[:8], "little") >> 1
+    return mix_seed(seed, name_id("kd-sample"), step)
 
 
 class ExpertKDPlugin(PretrainPlugin):
@@ -284,11 +300,66 @@ class ExpertKDPlugin(PretrainPlugin):
         self.in_use: list[str] = []
         self.created: list[str] = []   # heads created by this constructor (warm-start candidates)
         self._teacher: dict[str, np.ndarray] = {}
+        self._given: dict[str, np.ndarray] = {}   # logits shipped in the stage payload, by task
         self._fresh_keys: set[str] = set()
         self._forgivable: set[str] = set()   # created here and never loaded from a state dict
         self.register_load_state_dict_post_hook(ExpertKDPlugin._forgive_new_heads)
         if self.active:
             self.set_experts(experts)
+
+    # -- the plug-in contract (driver side)
+
+    @classmethod
+    def enabled(cls, cfg: Config) -> bool:
+        return cfg.methods.distill.mode != "none" and cfg.methods.distill.lambda_kd > 0
+
+    @classmethod
+    def validate(cls, cfg: Config, model_config) -> None:
+        for path in cfg.methods.distill.experts.values():
+            read_expert_meta(path)
+
+    @classmethod
+    def uses_row0_models(cls, cfg: Config) -> bool:
+        return True   # the experts are row 0's fine-tuned models
+
+    @staticmethod
+    def _expert_dir(driver: Driver, task: str) -> Path:
+        return Path(driver.run_root) / "experts" / task
+
+    @classmethod
+    def wants_cell_model(cls, cfg: Config, task: str, driver: Driver) -> bool:
+        return task not in cfg.methods.distill.experts and not (cls._expert_dir(driver, task) / "expert.json").is_file()
+
+    @classmethod
+    def keep_cell_model(cls, cfg: Config, task: str, record: dict, state: dict, driver: Driver) -> None:
+        info = TaskInfo(task, record["label_names"])
+        model, _, _ = driver.build_task_model(cfg, driver.base_weights(), info, driver.tokenizer)
+        model.load_state_dict(state)
+        save_expert(cls._expert_dir(driver, task), model, {
+            "task": task, "num_labels": info.num_labels, "is_regression": record["label_names"] is None,
+            "pooling": model.pooling, "label_names": record["label_names"], "model": cfg.model.name})
+
+    @classmethod
+    def prepare_stage(cls, cfg: Config, stage: StageInfo, blocks: np.ndarray, fingerprint: str,
+                      driver: Driver) -> dict:
+        """The experts in use (row 0's, or configured ones) and their logits on the stage's blocks."""
+        root = Path(driver.run_root) / "experts"
+        found = {p.parent.name: str(p.parent) for p in sorted(root.glob("*/expert.json"))} if root.is_dir() else {}
+        available = {**found, **cfg.methods.distill.experts}
+        experts, logits = [], {}
+        for task in experts_for_stage(cfg.methods.distill.mode, stage, available):
+            meta = read_expert_meta(available[task])
+            logits[task] = driver.run_task(expert_logits, cfg, available[task], blocks, fingerprint,
+                                           driver.base_weights(), driver.tokens, driver.build_task_model,
+                                           int(max(1, cfg.finetune.cpus_per_cell)))
+            experts.append(ExpertSpec(task, meta["num_labels"], meta["is_regression"]))
+        return {"experts": experts, "logits": logits}
+
+    @classmethod
+    def build(cls, cfg: Config, model: MaskedLM, payload: dict) -> "ExpertKDPlugin":
+        plugin = cls(cfg.methods.distill, model.hidden_size, payload.get("experts", []), seed=cfg.seed)
+        plugin._given = dict(payload.get("logits", {}))
+        return plugin
 
     # -- heads
 
@@ -376,6 +447,13 @@ class ExpertKDPlugin(PretrainPlugin):
                              f"model has {model.hidden_size}")
         for task in self.in_use:
             spec = self.specs[task]
+            if task in self._given:
+                arr = self._given[task]
+                if arr.ndim != 2 or arr.shape[1] != spec.num_labels:
+                    raise InputError(f"methods.distill: shipped logits of '{task}' have shape {arr.shape}, "
+                                     f"expected [n, {spec.num_labels}]")
+                self._teacher[task] = arr
+                continue
             path = stage.files.get(logits_file_key(task), spec.logits_path)
             if path is None:
                 raise InputError(f"methods.distill: no cached logits for expert '{task}' at stage {stage.index} "

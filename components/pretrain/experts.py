@@ -1,4 +1,4 @@
-"""The expert file format (UEGP / MoEGP teachers, DESIGN.md 3.2) and its I/O.
+"""The expert file format (UEGP / MoEGP teachers, docs/methods.md) and its I/O.
 
 An expert is a fine-tuned `TaskModel` (the row-0 anytime models double as experts). On disk
 it is one directory:
@@ -10,8 +10,8 @@ it is one directory:
                               fingerprint = sha256 of the model.safetensors bytes, plus any
                               extra keys the caller adds (e.g. calibration settings)
 
-The directory is written atomically: both files go to a temp directory next to `dir`, which
-then replaces `dir` with `os.replace` (an older `dir` is moved aside first and removed after).
+The directory is written atomically: both files go to a staging directory next to `dir`, which
+then replaces `dir` (components.checkpoint.publish_dir).
 Loading needs a builder from the caller, `build_task_model(meta) -> TaskModel`, that makes
 an untrained model of the right shape; the weights are then loaded strictly from safetensors.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,9 +28,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
+from components.checkpoint import publish_dir, staging_dir
 from components.errors import InputError
-from components.finetune.task_model import TaskModel
 from components.io import atomic_write_json, sha256_file
+from components.models.task_model import TaskModel
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -70,8 +70,7 @@ def save_expert(dir: Path | str, task_model: TaskModel, meta: dict) -> Path:
             f"save_expert({dir}): meta num_labels={meta['num_labels']} but the model head has "
             f"{task_model.head.out_features} outputs"
         )
-    dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dir.parent, prefix=f".{dir.name}.", suffix=".tmp"))
+    tmp = staging_dir(dir)
     try:
         save_model(task_model, str(tmp / WEIGHTS))
         with open(tmp / WEIGHTS, "rb+") as f:
@@ -81,13 +80,7 @@ def save_expert(dir: Path | str, task_model: TaskModel, meta: dict) -> Path:
         meta["format"] = FORMAT
         meta["fingerprint"] = sha256_file(tmp / WEIGHTS)
         atomic_write_json(tmp / META, meta)
-        old = None
-        if dir.exists():
-            old = Path(tempfile.mkdtemp(dir=dir.parent, prefix=f".{dir.name}.", suffix=".old"))
-            os.replace(dir, old / "x")
-        os.replace(tmp, dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,4 +1,4 @@
-"""HPrompt-CPT as a pre-training plug-in (DESIGN.md 3.1; the paper's abstract + our design).
+"""HPrompt-CPT as a pre-training plug-in (docs/methods.md; the paper's abstract + our design).
 
 On domain t the loop minimises
 
@@ -56,16 +56,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from components.config import HPromptConfig
+from components.config import Config, HPromptConfig
 from components.errors import InputError
+from components.models.loading import masked_lm_from_state
 from components.models.masked_lm import MaskedLM, mean_pool
-from components.pretrain.hypernetwork import (
+from components.models.hypernetwork import (
     Hypernetwork,
     PromptGenerator,
     QueryEncoder,
     build_prompt_generator,
 )
-from components.pretrain.plugin import PretrainPlugin, StageInfo
+from components.pretrain.plugin import Driver, PretrainPlugin, StageInfo
 
 __all__ = [
     "HPromptPlugin",
@@ -246,6 +247,29 @@ class HPromptPlugin(PretrainPlugin):
         )
         self.memory = QueryMemory(d, cfg.momentum)
         self.current_domain: str | None = None
+
+    # -- the plug-in contract (driver side)
+
+    @classmethod
+    def enabled(cls, cfg: Config) -> bool:
+        return cfg.methods.hprompt.enabled
+
+    @classmethod
+    def validate(cls, cfg: Config, model_config) -> None:
+        """Prompts fit the model's positions in pre-training blocks and in fine-tuning inputs."""
+        check_prompt_width(model_config)
+        max_pos = model_config.max_position_embeddings - 2
+        check_prompt_fits(cfg.model.block_size, cfg.methods.hprompt.prompt_length, max_pos)
+        check_prompt_fits(cfg.finetune.max_length, cfg.methods.hprompt.prompt_length, max_pos, "finetune.max_length")
+
+    @classmethod
+    def prepare_stage(cls, cfg: Config, stage: StageInfo, blocks, fingerprint: str, driver: Driver) -> dict:
+        return {"base_weights": driver.base_weights()}   # the query encoder is the stage-0 model
+
+    @classmethod
+    def build(cls, cfg: Config, model: MaskedLM, payload: dict) -> "HPromptPlugin":
+        base = MaskedLM(masked_lm_from_state(cfg.model.name, payload["base_weights"]))
+        return cls(cfg.methods.hprompt, base, block_size=cfg.model.block_size, copy_base=False)
 
     # -- convenience
     @property

@@ -23,6 +23,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -34,34 +35,13 @@ from torch import nn
 from components.checkpoint import load_module, load_tree, save_module, save_tree
 from components.config import Config
 from components.data.masking import MlmMasker
-from components.methods import build_pretrain_plugins
 from components.models.loading import masked_lm_from_state
 from components.models.masked_lm import MaskedLM
 from components.models.compile import CompiledStep, resolve_compile
 from components.models.precision import autocast_for, resolve_precision
-from components.pretrain.plugin import PretrainPlugin, StageInfo
-from components.pretrain.schedule import make_adamw, make_scheduler
-
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (splitmix64-style mixing)."""
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x = (x ^ (int(p) + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2))) & 0xFFFFFFFFFFFFFFFF
-        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
-
-
-@dataclass
-class Tokens:
-    """Tokenizer facts the workers need (they never load the tokenizer)."""
-
-    vocab_size: int
-    mask_id: int
-    pad_id: int
-    special_ids: list[int]
+from components.models.schedule import make_adamw, make_scheduler
+from components.pretrain.plugin import PretrainPlugin, StageInfo, Tokens
+from components.seeding import mix_seed
 
 
 @dataclass
@@ -74,11 +54,9 @@ class StageSpec:
     init_weights: dict[str, torch.Tensor]        # the previous stage's model
     train_blocks: np.ndarray                     # [n, block_size] int32 clean blocks (whole domain)
     total_steps: int
-    base_weights: dict[str, torch.Tensor] | None = None   # the stage-0 model (HPrompt's query encoder)
+    payload: dict[str, dict] = field(default_factory=dict)  # plug-in name -> its prepare_stage result
     prev_plugin_state: dict[str, torch.Tensor] | None = None
     prev_plugin_meta: list[dict] | None = None
-    experts: list = field(default_factory=list)  # ExpertSpec of the experts in use (distillation)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. cached expert logits, by StageInfo.files key
     fault: tuple[int, str] | None = None         # test-only: (step, marker file) at which a worker dies once
     stop_at: int | None = None                   # run only up to this step (checkpointed) of a total_steps schedule
 
@@ -140,12 +118,8 @@ def save_checkpoint(directory: Path, objective: MlmObjective, optimizer, schedul
     save_tree({k: v for k, v in objective.plugins.state_dict().items()}, directory, "plugins")
     save_tree(optimizer.state_dict(), directory, "optimizer")
     save_tree(scheduler.state_dict(), directory, "scheduler")
-    meta = {"step": step, "finished": finished, "plugin_meta": [plugin_meta(p) for p in objective.plugins]}
+    meta = {"step": step, "finished": finished, "plugin_meta": [p.meta() for p in objective.plugins]}
     (directory / "meta.json").write_text(json.dumps(meta))
-
-
-def plugin_meta(p: PretrainPlugin) -> dict:
-    return p.meta() if hasattr(p, "meta") else {}
 
 
 def load_checkpoint(directory: Path, objective: MlmObjective, optimizer, scheduler) -> dict:
@@ -153,8 +127,7 @@ def load_checkpoint(directory: Path, objective: MlmObjective, optimizer, schedul
     objective.plugins.load_state_dict(load_tree(directory, "plugins"))
     meta = json.loads((directory / "meta.json").read_text())
     for p, m in zip(objective.plugins, meta["plugin_meta"]):
-        if hasattr(p, "load_meta"):
-            p.load_meta(m)
+        p.load_meta(m)
     optimizer.load_state_dict(load_tree(directory, "optimizer"))
     scheduler.load_state_dict(load_tree(directory, "scheduler"))
     return meta
@@ -170,14 +143,18 @@ def maybe_inject_fault(spec: StageSpec, step: int, session: Session) -> None:
         os._exit(1)
 
 
-def run_stage(spec: StageSpec, session: Session) -> None:
-    """Train one domain stage; report metrics and checkpoints through `session`."""
+PluginBuilder = Callable[["StageSpec", MaskedLM], list[PretrainPlugin]]
+
+
+def run_stage(spec: StageSpec, session: Session, build_plugins: PluginBuilder) -> None:
+    """Train one domain stage; report metrics and checkpoints through `session`. `build_plugins`
+    makes the stage's method plug-ins (`components.methods.registry.build_pretrain_plugins`)."""
     cfg, stage, p = spec.config, spec.stage, spec.config.pretrain
     device = session.device
     model = MaskedLM(masked_lm_from_state(cfg.model.name, spec.init_weights))
     seed = mix_seed(cfg.seed, stage.index)
     torch.manual_seed(mix_seed(seed, 2))  # plug-in initialisation: a function of (seed, stage), not of the process's history
-    plugins = build_pretrain_plugins(spec, model)
+    plugins = build_plugins(spec, model)
     objective = MlmObjective(model, plugins).to(device)
     optimizer = make_adamw(list(objective.named_parameters()), p.lr, p.weight_decay)
     total = spec.total_steps
@@ -188,11 +165,6 @@ def run_stage(spec: StageSpec, session: Session) -> None:
         meta = load_checkpoint(restored, objective, optimizer, scheduler)
         start, finished = meta["step"], meta["finished"]
     # The driver says, from the first report, whether the stage resumed (`resumed_from`).
-    if spec.arrays:  # shipped through the object store; plug-ins read them as worker-local files
-        local = Path(tempfile.mkdtemp(prefix="anytime-cpt-arrays-"))
-        for i, (key, arr) in enumerate(spec.arrays.items()):
-            np.save(local / f"{i}.npy", arr)
-            stage.files[key] = str(local / f"{i}.npy")
     for plugin in plugins:
         plugin.begin_stage(stage, model)
 

@@ -9,12 +9,16 @@ every method off the loop is naive continual MLM pre-training (NCL):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
+from components.config import Config
 from components.models.masked_lm import MaskedLM
 
 
@@ -29,12 +33,50 @@ class StageInfo:
     work_dir: Path                 # a directory the plug-in may use for caches
     world_size: int = 1
     rank: int = 0
-    files: dict[str, str] = field(default_factory=dict)  # prepared inputs (e.g. cached expert logits)
+    files: dict[str, str] = field(default_factory=dict)  # inputs on disk by key (e.g. cached expert logits)
+
+
+@dataclass
+class Tokens:
+    """Tokenizer facts the workers need (they never load the tokenizer)."""
+
+    vocab_size: int
+    mask_id: int
+    pad_id: int
+    special_ids: list[int]
+
+
+class Driver(Protocol):
+    """What the run's driver (components/run) offers a plug-in's driver-side hooks."""
+
+    cfg: Config
+    run_root: Path                 # the run directory: a plug-in may keep files under it (e.g. experts/)
+    tokens: Tokens
+    tokenizer: Any
+    build_task_model: Callable     # how cells build task models (components.methods.registry)
+
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        """The stage-0 model's weights."""
+
+    def run_task(self, fn: Callable, *args) -> Any:
+        """fn(*args) as a Ray task with an anytime cell's resources; its result."""
 
 
 class PretrainPlugin(nn.Module):
-    """Base class: every hook is optional.
+    """Base class: every hook is optional; a method is one subclass plus its entry in
+    `components.methods.registry.PRETRAIN_PLUGINS`.
 
+    On the driver (class methods, before any worker starts):
+      enabled(cfg)                          is the method switched on
+      validate(cfg, model_config)           check its inputs at plan time (raise InputError)
+      prepare_stage(cfg, stage, blocks, fingerprint, driver) -> payload
+                                            per-stage preparation; the payload reaches `build` on
+                                            every worker (e.g. cached teacher logits)
+      uses_row0_models(cfg)                 needs fine-tuned models of row 0 before stage 1
+      wants_cell_model(cfg, task, driver)   keep row 0's first-seed model of `task` ...
+      keep_cell_model(cfg, task, record, state, driver)   ... and receive it
+    On every worker: `build(cfg, model, payload)` makes the plug-in; `meta()` / `load_meta(meta)`
+    carry its JSON state (beside its tensors) from checkpoint to checkpoint and stage to stage.
     Per step the loop calls, in order:
       ctx = {}
       prefix = plugin.prefix(model, batch, ctx)          # optional prompt vectors [B, P, d]
@@ -46,6 +88,47 @@ class PretrainPlugin(nn.Module):
     """
 
     name = "plugin"
+
+    # -- driver side
+
+    @classmethod
+    def enabled(cls, cfg: Config) -> bool:
+        return False
+
+    @classmethod
+    def validate(cls, cfg: Config, model_config: Any) -> None:
+        """Check the method's inputs against the config and the model's HF config."""
+
+    @classmethod
+    def prepare_stage(cls, cfg: Config, stage: StageInfo, blocks: np.ndarray, fingerprint: str,
+                      driver: Driver) -> dict:
+        """The payload of `stage` for `build` (blocks: the stage's training blocks, in block_index order)."""
+        return {}
+
+    @classmethod
+    def uses_row0_models(cls, cfg: Config) -> bool:
+        return False
+
+    @classmethod
+    def wants_cell_model(cls, cfg: Config, task: str, driver: Driver) -> bool:
+        return False
+
+    @classmethod
+    def keep_cell_model(cls, cfg: Config, task: str, record: dict, state: dict, driver: Driver) -> None:
+        """Receive the fine-tuned weights of row 0's first-seed cell of `task` (see wants_cell_model)."""
+
+    # -- worker side
+
+    @classmethod
+    def build(cls, cfg: Config, model: MaskedLM, payload: dict) -> "PretrainPlugin":
+        raise NotImplementedError
+
+    def meta(self) -> dict:
+        """JSON-serialisable state that is not a tensor (saved to meta.json with every checkpoint)."""
+        return {}
+
+    def load_meta(self, meta: dict) -> None:
+        """Restore what `meta` returned."""
 
     def begin_stage(self, stage: StageInfo, model: MaskedLM) -> None:
         """Called on every worker before the stage's first step (after any checkpoint restore)."""
