@@ -76,7 +76,8 @@ def _task_data(n: int, seed: int) -> dict[str, torch.Tensor]:
 def test_compiled_finetuning_matches_eager_without_recompiling_per_batch(monkeypatch):
     """dynamic=True: 8 steps over batches of at least 3 different padded lengths trace the forward
     once (dynamo may restart its first trace: at most 2 frames), never once per length; the dev
-    curve's losses match eager within 1e-4."""
+    curve's losses match eager within 1e-3 relative (measured on an AVX2 CPU: 0 to 2.6e-4, fp32
+    rounding of the decomposed ops; a wrong compiled step differs by orders more)."""
     counter = CompileCounterWithBackend("aot_eager")
     monkeypatch.setattr(C, "BACKEND", counter)
     train, dev, test = _task_data(32, 0), _task_data(12, 1), _task_data(12, 2)
@@ -90,7 +91,7 @@ def test_compiled_finetuning_matches_eager_without_recompiling_per_batch(monkeyp
     eager, compiled = results["never"].dev_curve, results["always"].dev_curve
     assert [r["step"] for r in eager] == [r["step"] for r in compiled] == [1, 2, 3, 4, 5, 6, 7, 8]
     for a, b in zip(eager, compiled):
-        assert abs(a["loss"] - b["loss"]) < 1e-4
+        assert abs(a["loss"] - b["loss"]) < 1e-3 * abs(a["loss"])
 
 
 def _broken_backend(gm, example_inputs):
