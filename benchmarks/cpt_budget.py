@@ -53,6 +53,7 @@ from components.methods.registry import build_pretrain_plugins  # noqa: E402
 from components.models.head_warmup import prepare_base_model  # noqa: E402
 from components.models.loading import load_tokenizer, masked_lm_from_state  # noqa: E402
 from components.models.masked_lm import MaskedLM  # noqa: E402
+from components.models.precision import resolve_precision  # noqa: E402
 from components.models.rewarm import heldout_mlm  # noqa: E402
 from components.pretrain.loop import LocalSession, StageSpec, run_stage  # noqa: E402
 from components.pretrain.plugin import StageInfo, Tokens  # noqa: E402
@@ -152,6 +153,8 @@ def run_domain(cfg: Config, own: str, other: str, seed: int, budgets: list[int],
         cfg_s = load_config(args.config, [*args.overrides, f"seed={seed}", f"finetune.seeds=[{seed}]"])
         record = {"domain": own, "other": other, "seed": seed, "budget_steps": b,
                   "tokens": b * cfg.pretrain.batch_size * cfg.model.block_size,
+                  "precision": {"pretrain": resolve_precision(cfg.pretrain.precision, "cpu"),
+                                "finetune": resolve_precision(cfg.finetune.precision, "cpu")},
                   **evaluate(cfg_s, weights, own, other, seed, heldout, tokenizer, args.threads),
                   "wall_time_s": round(time.time() - t0, 1)}
         path = result_path(args.out_dir, own, seed, b)

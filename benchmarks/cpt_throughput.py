@@ -210,6 +210,7 @@ def checkpoint_seconds(hf, root: Path) -> float:
     for p in objective.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # AdamW state exists, as in a real checkpoint
+    root.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     save_checkpoint(root, objective, optimizer, make_scheduler(optimizer, 10, 0.1, "linear"), 1, False)
     return time.perf_counter() - t
