@@ -45,7 +45,7 @@ SMALL = [
     "eval.anchor_positions=60", "tracking.wandb=disabled",
 ]
 # A progress line (new work done) and the phase it tells the run is in.
-PROGRESS = [(re.compile(r"^stage \d+ \(.*\): step"), "pre-training"), (re.compile(r"^stage \d+ \(.*\): done"), "stage finished"),
+PROGRESS = [(re.compile(r"^stage \d+ \(.*\): [\d,]+/[\d,]+ steps"), "pre-training"), (re.compile(r"^stage \d+ \(.*\): done"), "stage finished"),
             (re.compile(r"^stage \d+: held-out"), "diagnostics"), (re.compile(r"^row \d+ \(.*\): \d+/"), "cells"),
             (re.compile(r"^report: writing"), "report writing")]
 VOLATILE = {"wall_time_s"}

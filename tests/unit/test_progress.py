@@ -85,3 +85,30 @@ def test_ray_report_line_logger_follows_the_log_level():
         assert logger.isEnabledFor(logging.INFO)
     finally:
         logger.setLevel(before)
+
+
+def test_kill_soak_recognises_every_phase_in_the_pipelines_own_progress_lines():
+    """benchmarks/kill_soak.py times its kills from these lines: each phase must be found in the
+    lines the pipeline prints (a pattern that matches nothing leaves that phase without kills)."""
+    import importlib.util
+
+    from components.config import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("kill_soak", REPO_ROOT / "benchmarks/kill_soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+
+    def line(label: str, done: int, total: int, unit: str, note: str = "") -> str:
+        p = Progress(label, total, unit, bar=False, stream=io.StringIO())
+        p.done = done
+        return p.line(note)
+
+    printed = {
+        "pre-training": line("stage 1 (laptop)", 3, 1200, "steps", "loss 5.0779, 220 tok/s"),
+        "stage finished": "stage 1 (laptop): done in 39s",
+        "diagnostics": "stage 1: held-out MLM loss laptop 5.253, acl 6.701",
+        "cells": line("row 1 (laptop)", 1, 2, "cells done", "laptop seed 0: accuracy 0.534"),
+        "report writing": "report: writing anytime.json/.csv, heatmaps, plots, report.md",
+    }
+    for phase, text in printed.items():
+        assert [k for pattern, k in soak.PROGRESS if pattern.match(text)] == [phase], text
