@@ -9,12 +9,17 @@ forked child would inherit mid-lock. Spawned children re-import the test module 
 
 from __future__ import annotations
 
+import datetime
 import faulthandler
+import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import pytest
+import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
@@ -36,3 +41,18 @@ def run_ddp(worker: Callable, args: tuple, nprocs: int = 2, timeout_s: float = 1
             for p in ctx.processes:
                 p.kill()
             pytest.fail(f"DDP workers did not finish within {timeout_s:.0f} s")
+
+
+@contextmanager
+def gloo_group(rank: int, world: int, init_file: str):
+    """In a worker: one thread, a gloo process group over loopback (both ranks are on this
+    machine) rendezvousing at ``init_file``, destroyed on exit. Drop any DDP module and meet a
+    barrier before leaving the block: the reducer must go before its process group."""
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

@@ -26,7 +26,7 @@ from components.pretrain.expert_kd import (
     mask_last_content,
 )
 from components.pretrain.experts import expert_fingerprint, expert_head, load_expert, save_expert
-from tests.helpers.ddp import run_ddp
+from tests.helpers.ddp import gloo_group, run_ddp
 from tests.helpers.tiny import stage_info, tiny_hf_mlm
 
 D = 32
@@ -338,16 +338,10 @@ class _Step(nn.Module):
 
 
 def _ddp_worker(rank: int, world: int, files: dict, out_dir: str) -> None:
-    import datetime
-
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both ranks are on this machine: loopback only
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
+    with gloo_group(rank, world, f"{out_dir}/rendezvous"):
         results = {}
         for weighting in ("uniform", "sample"):
             cfg = DistillConfig(mode="moegp", lambda_kd=1.0, weighting=weighting)
@@ -377,8 +371,6 @@ def _ddp_worker(rank: int, world: int, files: dict, out_dir: str) -> None:
                  **{f"{w}_heads{i}": g for w, r in results.items() for i, g in enumerate(r[2])})
         del ddp  # the reducer goes before its process group (see the H-Prompt DDP test)
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_moegp_ddp_two_ranks():

@@ -29,7 +29,7 @@ from components.pretrain.hprompt import (
     usable_positions,
 )
 from components.pretrain.loop import MlmObjective
-from tests.helpers.ddp import run_ddp
+from tests.helpers.ddp import gloo_group, run_ddp
 from tests.helpers.tiny import stage_info, tiny_hf_mlm
 
 D, V, T, PAD = 32, 60, 12, 1
@@ -338,15 +338,9 @@ def test_prompt_generator_is_batch_independent_and_serves_the_task_model():
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    import datetime
-
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both ranks are on this machine: loopback only
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
+    with gloo_group(rank, world, init_file):
         base = tiny()
         model = copy.deepcopy(base).train()
         plugin = plugin_for(base, query_view="masked").train()  # statistics of the queries computed below
@@ -362,8 +356,6 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                   os.path.join(out_dir, f"rank{rank}.safetensors"))
         del ddp  # the reducer goes before its process group: a teardown race hung 1 run in 3
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_statistics_and_prototypes_are_identical_across_ranks():
