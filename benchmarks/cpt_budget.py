@@ -102,6 +102,13 @@ def result_path(out: Path, domain: str, seed: int, budget: int) -> Path:
     return out / domain / f"seed{seed}" / f"b{budget}.json"
 
 
+def checkpoint_weights(cfg: Config, base: dict, ckpt: Path) -> dict:
+    """The state dict of a pre-training checkpoint (the model's architecture from the stage-0 weights)."""
+    hf = masked_lm_from_state(cfg.model.name, base)
+    load_module(hf, ckpt / "model.safetensors")
+    return hf.state_dict()
+
+
 def evaluate(cfg: Config, weights: dict, own: str, other: str, seed: int, heldout: dict, tokenizer,
              threads: int) -> dict:
     fp = "budget-study"
@@ -147,9 +154,7 @@ def run_domain(cfg: Config, own: str, other: str, seed: int, budgets: list[int],
                 print(f"[{own} seed {seed}] pre-training to step {b} of {steps} ...", flush=True)
                 session = BudgetSession(work, keep=set(budgets))
                 run_stage(replace(spec, stop_at=b), session, build_pretrain_plugins)
-            hf = masked_lm_from_state(cfg.model.name, base)
-            load_module(hf, ckpt / "model.safetensors")
-            weights = hf.state_dict()
+            weights = checkpoint_weights(cfg, base, ckpt)
         cfg_s = load_config(args.config, [*args.overrides, f"seed={seed}", f"finetune.seeds=[{seed}]"])
         record = {"domain": own, "other": other, "seed": seed, "budget_steps": b,
                   "tokens": b * cfg.pretrain.batch_size * cfg.model.block_size,

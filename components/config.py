@@ -260,6 +260,7 @@ class FinetuneConfig:
     max_retries: int = field(default=2, metadata=_range(0))
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # cells, experts' logits, held-out diagnostics, probes
     compile: Literal["auto", "always", "never"] = "auto"  # torch.compile the training step; auto: CUDA and >= 1000 steps
+    pooling: Literal["cls", "mean"] = "cls"  # e(x) of head and probe; a plug-in reading a mask slot (CoCa) overrides it
     coca: CocaConfig = field(default_factory=CocaConfig)
     repcali: RepCaliConfig = field(default_factory=RepCaliConfig)
 

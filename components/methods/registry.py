@@ -82,8 +82,9 @@ def build_pretrain_plugins(spec: "StageSpec", model: MaskedLM) -> list[PretrainP
 
 
 def pooling_for(cfg: Config) -> str:
-    """A plug-in may read the task embedding at a template's mask slot (CoCa); otherwise [CLS]."""
-    return "mask" if any(cls.pooling == "mask" for cls in finetune_plugins(cfg)) else "cls"
+    """A plug-in may read the task embedding at a template's mask slot (CoCa); otherwise
+    `finetune.pooling` ([CLS] or the mean over real tokens)."""
+    return "mask" if any(cls.pooling == "mask" for cls in finetune_plugins(cfg)) else cfg.finetune.pooling
 
 
 def build_task_model(

@@ -2,7 +2,8 @@
 
     H = encoder(E(x) [+ delta], prefix = P(x))          P: the plug-ins' prefixes (e.g. generated prompts)
     Z = C_k(...C_1(H))                                   the plug-ins' calibrate hooks (identity when none)
-    e(x) = Z[:, 0]  (pooling "cls")  or  Z[:, mask slot] (pooling "mask", a template's slot)
+    e(x) = Z[:, 0]  (pooling "cls"),  Z[:, mask slot]  (pooling "mask", a template's slot),
+           or  sum_t m_t Z[:, t] / sum_t m_t  (pooling "mean" over the real tokens, m = attention mask)
     logits = W e(x) + b
 
 `delta` is an optional perturbation of the input embeddings (CoCa's adversarial step).
@@ -61,7 +62,7 @@ class TaskModel(nn.Module):
         self,
         mlm: MaskedLM,
         num_labels: int,
-        pooling: Literal["cls", "mask"] = "cls",
+        pooling: Literal["cls", "mask", "mean"] = "cls",
         plugins: Sequence[nn.Module] = (),
         dropout: float = 0.1,
     ):
@@ -82,10 +83,16 @@ class TaskModel(nn.Module):
         calibrated = hidden
         for plugin in self.plugins:
             calibrated = plugin.calibrate(calibrated)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        slot = torch.zeros_like(rows) if self.pooling == "cls" else batch.mask_pos
-        e, raw = calibrated[rows, slot], hidden[rows, slot]
+        e, raw = self.pool(calibrated, batch), self.pool(hidden, batch)
         return TaskOutput(logits=self.head(self.dropout(e)), embedding=e, raw_embedding=raw)
+
+
+    def pool(self, z: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+        if self.pooling == "mean":
+            m = batch.attention_mask.unsqueeze(-1).to(z.dtype)
+            return (z * m).sum(1) / m.sum(1).clamp_min(1)
+        rows = torch.arange(z.shape[0], device=z.device)
+        return z[rows, 0 if self.pooling == "cls" else batch.mask_pos]
 
 
 def batches(data: dict[str, torch.Tensor], batch_size: int, order: np.ndarray | None = None):
