@@ -65,6 +65,30 @@ def test_probe_features_are_the_frozen_pooled_embedding(tiny_model_dir):
     np.testing.assert_allclose(a, cls.numpy(), atol=1e-5)
 
 
+def test_mean_pooling_averages_the_real_tokens_only(tiny_model_dir):
+    from components.config import load_config
+    from components.methods.registry import pooling_for
+    from components.models.loading import load_masked_lm
+    from components.models.masked_lm import MaskedLM
+    from components.models.task_model import TaskModel
+
+    hf, _ = load_masked_lm(str(tiny_model_dir))
+    model = TaskModel(MaskedLM(hf), num_labels=3, pooling="mean")
+    ids = torch.randint(1000, 2000, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # the second example has 4 padding positions
+    data = {"input_ids": ids, "attention_mask": mask, "labels": torch.zeros(2, dtype=torch.long)}
+    feats = probe_features(model, data, batch_size=2, device=torch.device("cpu"))
+    with torch.no_grad():
+        h = model.mlm.encode(model.mlm.embed(ids), mask)
+    np.testing.assert_allclose(feats[0], h[0].mean(0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(feats[1], h[1, :6].mean(0).numpy(), atol=1e-5)
+    assert not np.allclose(feats[1], h[1].mean(0).numpy(), atol=1e-3)  # padding would change it
+    assert pooling_for(load_config(["pipelines/configs/default.yaml"], ["finetune.pooling=mean"])) == "mean"
+    coca = load_config(["pipelines/configs/default.yaml"], ["finetune.pooling=mean", "finetune.coca.enabled=true"])
+    assert pooling_for(coca) == "mask"  # a plug-in that reads a template's mask slot wins
+
+
 def test_probe_matrices_are_additive_keys_of_anytime_json(tmp_path):
     domains = ["d1", "d2"]
     cells = [{"stage": i, "task": t, "seed": s, "accuracy": 0.5 + 0.1 * i, "macro_f1": 0.4}
