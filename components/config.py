@@ -210,6 +210,7 @@ class DistillConfig:
     weighting: Literal["uniform", "sample"] = "uniform"
     experts: dict[str, str] = field(default_factory=dict)
     warm_start_head: bool = False
+    teacher_view: Literal["template", "last_masked"] = "template"  # what a mask-slot expert reads of a block
 
 
 @dataclass

@@ -26,6 +26,12 @@ def default_template(tokenizer: PreTrainedTokenizerBase, is_pair: bool) -> str:
     return f"{{text}} {tokenizer.sep_token} {{text_b}} It was {{mask}}." if is_pair else "{text} It was {mask}."
 
 
+def template_suffix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids of the default single-text template after its text slot (" It was [MASK].")."""
+    pieces = _template_pieces(default_template(tokenizer, False), tokenizer, False)
+    return [tok for p in pieces if not isinstance(p, Slot) for tok in p]
+
+
 def encode_task(
     task: TaskData, tokenizer: PreTrainedTokenizerBase, max_length: int, template: str | None = None
 ) -> dict[str, torch.Tensor]:

@@ -16,6 +16,9 @@ Teacher logits are computed ONCE per (blocks, expert) by `expert_logits_cache` (
 are frozen and the clean blocks do not change within a stage) and looked up per step with
 `batch["block_index"]`. Teacher input = the clean block as a single text (pair tasks too:
 the block is the "document first" segment, no second segment), attention mask = ids != pad.
+An expert that reads a template's mask slot (pooling "mask", under CoCa) gets what it was
+fine-tuned on: the block's text in the default template, "[CLS] <block text> It was [MASK]. [SEP]"
+(`teacher_view: template`); `last_masked` (the first implementation) masks the block's last token.
 
 Heads are initialised from a generator seeded by (seed, task name), so creating them never
 touches the global RNG: with lambda_kd = 0 (or mode "none") the plug-in owns no parameters
@@ -42,6 +45,7 @@ from components.io import atomic_write_bytes, atomic_write_json
 from components.models.masked_lm import MaskedLM
 from components.models.precision import autocast_for, resolve_precision
 from components.models.loading import load_tokenizer
+from components.data.task_encoding import template_suffix
 from components.models.task_model import TaskBatch, TaskInfo, TaskModel
 from components.pretrain.experts import expert_fingerprint, expert_head, load_expert, read_expert_meta, save_expert
 from components.pretrain.plugin import Driver, PretrainPlugin, StageInfo, Tokens
@@ -104,12 +108,37 @@ def mask_last_content(ids: torch.Tensor, pad_id: int, mask_id: int) -> tuple[tor
     return out, slot
 
 
+def template_blocks(ids: torch.Tensor, pad_id: int, suffix: list[int], mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks [CLS] c_1..c_m [SEP] [PAD]* rewritten as the default template with the block as its
+    text: [CLS] c_1..c_k <suffix> [SEP] [PAD]*, k = min(m, T - 2 - len(suffix)) (the text is cut at
+    its end, as the template encoder cuts texts). `suffix` (task_encoding.template_suffix) holds
+    `mask_id` once; returns (new ids [B, T], mask_pos [B])."""
+    t = ids.shape[1]
+    room = t - 2 - len(suffix)
+    if room < 1:
+        raise InputError(f"teacher_view template: {t}-token blocks leave no room for text before the "
+                         f"{len(suffix)}-token template suffix")
+    tail = torch.tensor(suffix, dtype=ids.dtype, device=ids.device)
+    out = torch.full_like(ids, pad_id)
+    pos = torch.empty(ids.shape[0], dtype=torch.long, device=ids.device)
+    for i, row in enumerate(ids):
+        m = int((row != pad_id).sum()) - 2   # content tokens between [CLS] and [SEP]
+        k = max(0, min(m, room))
+        out[i, :1 + k] = row[:1 + k]
+        out[i, 1 + k:1 + k + len(suffix)] = tail
+        out[i, 1 + k + len(suffix)] = row[m + 1]
+        pos[i] = 1 + k + suffix.index(mask_id)
+    return out, pos
+
+
 def _cache_key(blocks_fingerprint: str, expert_fp: str, pad_id: int, pooling: str, mask_id: int | None,
-               precision: str = "fp32") -> str:
+               precision: str = "fp32", template_suffix: list[int] | None = None) -> str:
     fields = {"v": CACHE_FORMAT, "blocks": blocks_fingerprint, "expert": expert_fp, "pad": int(pad_id),
               "pooling": pooling, "mask_id": None if pooling == "cls" else int(mask_id)}
     if precision != "fp32":  # fp32 keys stay those of earlier caches
         fields["precision"] = precision
+    if pooling == "mask" and template_suffix:  # the first implementation's (last token masked) keys stay too
+        fields["template_suffix"] = [int(t) for t in template_suffix]
     material = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()
 
@@ -134,6 +163,7 @@ def expert_logits_cache(
     mask_id: int | None = None,
     stats: dict | None = None,
     precision: str = "fp32",
+    template_suffix: list[int] | None = None,
 ) -> Path:
     """The expert's logits on every clean block, computed once and cached; returns the path.
 
@@ -143,8 +173,9 @@ def expert_logits_cache(
     key = sha256 of (blocks_fingerprint, expert fingerprint = sha256 of its weights, pad_id,
     pooling, mask_id, format). A second call with the same inputs loads nothing and runs no
     forward; a re-saved expert has a new fingerprint, hence a new key. The expert runs in
-    eval mode without gradients; for pooling "mask" `mask_id` is required and the last
-    content token is masked (see `mask_last_content`). `stats`, if given, receives
+    eval mode without gradients; for pooling "mask" `mask_id` is required and the expert reads
+    the block in its template when `template_suffix` is given (`template_blocks`, part of the key),
+    else with its last content token masked (`mask_last_content`). `stats`, if given, receives
     {"hit": bool, "forwards": number of batched expert forwards run, "path": str}.
     `precision` (auto / fp32 / bf16, see components.models.precision) is part of the key.
     """
@@ -156,7 +187,8 @@ def expert_logits_cache(
     if pooling == "mask" and mask_id is None:
         raise InputError(f"expert {expert_dir}: pooling 'mask' needs mask_id for the cached teacher inputs")
     used = resolve_precision(precision, device)
-    key = _cache_key(blocks_fingerprint, expert_fingerprint(expert_dir), pad_id, pooling, mask_id, used)
+    key = _cache_key(blocks_fingerprint, expert_fingerprint(expert_dir), pad_id, pooling, mask_id, used,
+                     template_suffix)
     path = Path(cache_dir) / "expert_logits" / f"{key}.npy"
     n = blocks.shape[0]
     if stats is not None:
@@ -173,10 +205,12 @@ def expert_logits_cache(
     with torch.inference_mode(), autocast_for(device, used):
         for lo in range(0, n, batch_size):
             ids = torch.as_tensor(blocks[lo:lo + batch_size], dtype=torch.long, device=device)
-            attn = (ids != pad_id).long()
             mask_pos = None
-            if pooling == "mask":
+            if pooling == "mask" and template_suffix:
+                ids, mask_pos = template_blocks(ids, pad_id, template_suffix, mask_id)
+            elif pooling == "mask":
                 ids, mask_pos = mask_last_content(ids, pad_id, mask_id)
+            attn = (ids != pad_id).long()
             batch = TaskBatch(input_ids=ids, attention_mask=attn, labels=torch.zeros(len(ids), device=device),
                               mask_pos=mask_pos)
             out[lo:lo + len(ids)] = model(batch).logits.float().cpu().numpy()
@@ -187,6 +221,7 @@ def expert_logits_cache(
         "format": CACHE_FORMAT, "task": meta["task"], "expert_dir": str(expert_dir),
         "expert_fingerprint": meta["fingerprint"], "blocks_fingerprint": blocks_fingerprint,
         "shape": list(out.shape), "pad_id": int(pad_id), "pooling": pooling, "mask_id": mask_id,
+        "template_suffix": template_suffix,
     })
     atomic_write_bytes(path, buf.getvalue())
     if stats is not None:
@@ -203,8 +238,9 @@ def expert_logits(cfg: Config, expert_dir: str, blocks: np.ndarray, fingerprint:
     def build(meta: dict):
         return build_task_model(cfg, base_weights, TaskInfo(meta["task"], meta.get("label_names")), tokenizer)[0]
 
+    suffix = template_suffix(tokenizer) if cfg.methods.distill.teacher_view == "template" else None
     path = expert_logits_cache(expert_dir, blocks, tokens.pad_id, cfg.data.cache_dir, fingerprint, build,
-                               mask_id=tokens.mask_id, precision=cfg.finetune.precision)
+                               mask_id=tokens.mask_id, precision=cfg.finetune.precision, template_suffix=suffix)
     return np.load(path)
 
 

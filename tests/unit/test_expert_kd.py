@@ -24,6 +24,7 @@ from components.pretrain.expert_kd import (
     kd_loss,
     logits_file_key,
     mask_last_content,
+    template_blocks,
 )
 from components.pretrain.experts import expert_fingerprint, expert_head, load_expert, save_expert
 from tests.helpers.ddp import gloo_group, run_ddp
@@ -185,6 +186,28 @@ def test_mask_pooling_cache(tmp_path):
         expert_logits_cache(d, make_blocks(3), PAD, tmp_path / "c", "b", build)
     p = expert_logits_cache(d, make_blocks(3), PAD, tmp_path / "c", "b", build, mask_id=MASK)
     assert np.load(p).shape == (3, 3)
+
+
+def test_template_view_gives_a_mask_slot_expert_its_template(tmp_path):
+    suffix = [20, 21, MASK, 22]   # " It was [MASK] ."
+    ids = torch.tensor([[CLS, 10, 11, SEP, PAD, PAD, PAD, PAD, PAD],
+                        [CLS, 12, 13, 14, 15, 16, 17, 18, SEP]])
+    new, pos = template_blocks(ids, PAD, suffix, MASK)
+    assert new.tolist() == [[CLS, 10, 11, 20, 21, MASK, 22, SEP, PAD],
+                            [CLS, 12, 13, 14, 20, 21, MASK, 22, SEP]]  # 3 of 7 text tokens fit: cut at the end
+    assert pos.tolist() == [5, 6] and (new[torch.arange(2), pos] == MASK).all()
+    with pytest.raises(InputError, match="no room"):
+        template_blocks(ids[:, :6], PAD, suffix, MASK)
+    d = make_expert(tmp_path / "exp_mask", pooling="mask")
+    blocks = make_blocks(4)
+    plain = expert_logits_cache(d, blocks, PAD, tmp_path / "c", "b", build, mask_id=MASK)
+    templ = expert_logits_cache(d, blocks, PAD, tmp_path / "c", "b", build, mask_id=MASK, template_suffix=suffix)
+    assert templ != plain and not np.allclose(np.load(templ), np.load(plain))  # another view, another key
+    model, _ = load_expert(d, build)
+    t_ids, t_pos = template_blocks(torch.as_tensor(blocks, dtype=torch.long), PAD, suffix, MASK)
+    with torch.no_grad():
+        want = model.eval()(TaskBatch(t_ids, (t_ids != PAD).long(), torch.zeros(4), mask_pos=t_pos)).logits
+    np.testing.assert_allclose(np.load(templ), want.numpy(), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- which experts
