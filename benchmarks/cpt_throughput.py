@@ -21,6 +21,11 @@ ratio_best_over_fp32 (fastest (b) variant / b fp32), mfu_best, ratio_c_over_b ((
 at the same precision and compile setting) and ratio_b_over_a.
 
     python benchmarks/cpt_throughput.py [--steps 30] [--short-steps 2] [--device cpu|cuda]
+    python benchmarks/cpt_throughput.py --ray-only --repeats 3 --steps 100 --block-size 64
+
+`--ray-only` measures c/b alone, with repeats (rounds of (b), (c) and (c) with the quiet controller
+of QUIET_CONTROLLER_ENV, interleaved); its last line is its own JSON object (ratio_c_over_b,
+ratio_c_quiet_over_b, each round).
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ from components.pretrain.plugin import Tokens  # noqa: E402
 from components.pretrain.plugin import StageInfo  # noqa: E402
 from components.ray_env import LEAN_RAY_ENV  # noqa: E402
 
+# (c) with the Train controller's own pollers slowed or off, for the pipeline's local instance (no node is
+# ever drained there, so the preemption watcher has nothing to watch; health checks every 10 s instead of
+# 2 s only delay the detection of a dead worker).
+QUIET_CONTROLLER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "10"}
 B_VARIANTS = {"b_fp32": ("fp32", "never"), "b_fp32_compile": ("fp32", "always"),
               "b_bf16": ("bf16", "never"), "b_bf16_compile": ("bf16", "always")}
 
@@ -216,6 +225,32 @@ def checkpoint_seconds(hf, root: Path) -> float:
     return time.perf_counter() - t
 
 
+def ray_only(args, spec, device: str) -> dict:
+    """c/b with repeats: per round (b), (c) lean env, (c) lean env + quiet controller, in turn."""
+    prec = resolve_precision("auto", device)
+    comp = "always" if resolve_compile("auto", device, args.steps + 10) else "never"
+    stage = spec([f"pretrain.precision={prec}", f"pretrain.compile={comp}"])
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            root = Path(tmp) / f"r{r}"
+            b = our_loop(stage, root / "b", device)["tokens_per_s"]
+            lean = ray_loop(stage, root / "c", LEAN_RAY_ENV, device)
+            quiet = ray_loop(stage, root / "cq", {**LEAN_RAY_ENV, **QUIET_CONTROLLER_ENV}, device)
+            rounds.append({"b": b, "c_lean": lean["tokens_per_s"], "c_quiet": quiet["tokens_per_s"],
+                           "cpu_s_lean": lean["cpu_s_by_process"], "cpu_s_quiet": quiet["cpu_s_by_process"],
+                           "wall_lean": lean["stage_wall_s"], "wall_quiet": quiet["stage_wall_s"]})
+            print(f"round {r}: (b) {b:,.0f}  (c) lean {lean['tokens_per_s']:,.0f} ({lean['tokens_per_s'] / b:.3f})  "
+                  f"(c) quiet controller {quiet['tokens_per_s']:,.0f} ({quiet['tokens_per_s'] / b:.3f})", flush=True)
+    lean_r = [x["c_lean"] / x["b"] for x in rounds]
+    quiet_r = [x["c_quiet"] / x["b"] for x in rounds]
+    return {"device": device, "threads": args.threads, "precision": prec, "batch_size": args.batch_size,
+            "block_size": args.block_size, "steps": args.steps, "repeats": args.repeats,
+            "quiet_controller_env": QUIET_CONTROLLER_ENV, "rounds": rounds,
+            "ratio_c_over_b": float(np.mean(lean_r)), "ratio_c_quiet_over_b": float(np.mean(quiet_r)),
+            "ratio_c_over_b_each": lean_r, "ratio_c_quiet_over_b_each": quiet_r}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30, help="measured steps (after 10 warm-up steps)")
@@ -228,6 +263,10 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ray-only", action="store_true",
+                        help="measure only (b) and (c) at the default precision, (c) with Ray's lean environment and "
+                             "with the quiet controller too, --repeats times interleaved; prints its own JSON line")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of --ray-only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = args.device
@@ -256,6 +295,9 @@ def main() -> None:
         return StageSpec(config=cfg, stage=stage, tokens=tokens, init_weights=init, train_blocks=blocks,
                          total_steps=steps, payload={"hprompt": {"base_weights": init}})
 
+    if args.ray_only:
+        print(json.dumps(ray_only(args, spec, device)))
+        return
     native = native_bf16(device)
     peaks = {"fp32": matmul_peak(device), "bf16": matmul_peak(device, torch.bfloat16, *((2048, 5) if native else (1024, 2)))}
     short: dict[str, str] = {}
