@@ -52,6 +52,26 @@ def test_budget_study_runs_resumes_and_reports(tmp_path, tiny_model_dir, capsys)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/b*.json")} == stamps
 
 
+def test_probe_pooling_reads_the_study_checkpoints(tmp_path, tiny_model_dir, capsys):
+    from benchmarks.cpt_budget import main as budget
+    from benchmarks.probe_pooling import main as pooling
+
+    assert budget(_args(tiny_model_dir, tmp_path)) == 0
+    args = _args(tiny_model_dir, tmp_path)[:-2]
+    assert pooling([*args, "--study-dir", str(tmp_path / "out"), "--out-dir", str(tmp_path / "pool")]) == 0
+    for s in (0, 1):
+        for b in (0, 2, 4):
+            study = json.loads((tmp_path / f"out/restaurant/seed{s}/b{b}.json").read_text())["probe"]
+            pool = json.loads((tmp_path / f"pool/restaurant/seed{s}/b{b}.json").read_text())["probe"]
+            for task in ("restaurant", "acl"):  # [CLS] re-probed from the checkpoint = the study's own probe
+                assert pool["cls"][task]["accuracy"] == pytest.approx(study[task]["accuracy"])
+            assert set(pool) == {"cls", "mean"}
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {(r["budget_steps"], r["pooling"]) for r in summary["gains"]} == {(b, p) for b in (2, 4) for p in ("cls", "mean")}
+    with pytest.raises(InputError, match="no checkpoint"):
+        pooling([*args, "--budgets", "0,8", "--study-dir", str(tmp_path / "out"), "--out-dir", str(tmp_path / "p2")])
+
+
 def test_budget_study_rejects_bad_arguments(tmp_path, tiny_model_dir):
     from benchmarks.cpt_budget import main
 
