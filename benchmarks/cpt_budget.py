@@ -172,24 +172,33 @@ def run_domain(cfg: Config, own: str, other: str, seed: int, budgets: list[int],
               f"held-out loss {own} {record['heldout'][own]['mlm_loss']:.3f} ({record['wall_time_s']:.0f}s)", flush=True)
 
 
-def gains_table(records: list[dict]) -> list[dict]:
-    """Paired gains over budget 0 per (domain, budget, kind, own/other), mean +/- 95% over seeds."""
+def gain_stats(g: list[float]) -> dict:
+    """Paired gains over seeds -> mean, 95% Student-t half-width (None for one seed), sig."""
+    mean, half = mean_ci95(g) if g else (None, None)
+    return {"mean": mean, "ci95": half if len(g) > 1 else None, "sig": bool(len(g) > 1 and abs(mean) > half)}
+
+
+def budget_points(records: list[dict]):
+    """(domain, other, budget, seeds, by) for every budget > 0, `seeds` those with a budget-0 record
+    to pair with, `by` the records keyed by (domain, seed, budget)."""
     by = {(r["domain"], r["seed"], r["budget_steps"]): r for r in records}
-    rows = []
     for domain in sorted({r["domain"] for r in records}):
         other = next(r["other"] for r in records if r["domain"] == domain)
         for b in sorted({r["budget_steps"] for r in records if r["domain"] == domain and r["budget_steps"] > 0}):
-            seeds = [s for (d, s, bb) in by if d == domain and bb == b and (d, s, 0) in by]
-            row = {"domain": domain, "other": other, "budget_steps": b, "n_seeds": len(seeds),
-                   "tokens": by[(domain, seeds[0], b)]["tokens"] if seeds else None}
-            for kind in KINDS:
-                for side, task in (("own", domain), ("other", other)):
-                    g = [by[(domain, s, b)][kind][task]["accuracy"] - by[(domain, s, 0)][kind][task]["accuracy"]
-                         for s in seeds]
-                    mean, half = mean_ci95(g) if g else (None, None)
-                    row[f"{kind}_{side}"] = {"mean": mean, "ci95": half if len(g) > 1 else None,
-                                             "sig": bool(len(g) > 1 and abs(mean) > half)}
-            rows.append(row)
+            yield domain, other, b, [s for (d, s, bb) in by if d == domain and bb == b and (d, s, 0) in by], by
+
+
+def gains_table(records: list[dict]) -> list[dict]:
+    """Paired gains over budget 0 per (domain, budget, kind, own/other), mean +/- 95% over seeds."""
+    rows = []
+    for domain, other, b, seeds, by in budget_points(records):
+        row = {"domain": domain, "other": other, "budget_steps": b, "n_seeds": len(seeds),
+               "tokens": by[(domain, seeds[0], b)]["tokens"] if seeds else None}
+        for kind in KINDS:
+            for side, task in (("own", domain), ("other", other)):
+                row[f"{kind}_{side}"] = gain_stats([by[(domain, s, b)][kind][task]["accuracy"]
+                                                    - by[(domain, s, 0)][kind][task]["accuracy"] for s in seeds])
+        rows.append(row)
     return rows
 
 

@@ -35,11 +35,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from benchmarks.cpt_budget import _cell, checkpoint_weights, parse_ints, parse_pairs  # noqa: E402
+from benchmarks.cpt_budget import _cell, budget_points, checkpoint_weights, gain_stats, parse_ints, parse_pairs  # noqa: E402
 from components.cli import add_config_args, config_from_args, run_main  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.eval.metrics import mean_ci95  # noqa: E402
 from components.eval.probe import fit_probe  # noqa: E402
 from components.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from components.methods.registry import build_task_model  # noqa: E402
@@ -84,21 +83,14 @@ def probe_all(cfg, weights: dict, tasks: list[str], poolings: list[str], tokeniz
 
 
 def gains(records: list[dict], poolings: list[str]) -> list[dict]:
-    by = {(r["domain"], r["seed"], r["budget_steps"]): r for r in records}
     rows = []
-    for domain in sorted({r["domain"] for r in records}):
-        other = next(r["other"] for r in records if r["domain"] == domain)
-        for b in sorted({r["budget_steps"] for r in records if r["domain"] == domain and r["budget_steps"] > 0}):
-            seeds = [s for (d, s, bb) in by if d == domain and bb == b and (d, s, 0) in by]
-            for p in poolings:
-                row = {"domain": domain, "other": other, "budget_steps": b, "pooling": p, "n_seeds": len(seeds)}
-                for side, task in (("own", domain), ("other", other)):
-                    g = [by[(domain, s, b)]["probe"][p][task]["accuracy"] - by[(domain, s, 0)]["probe"][p][task]["accuracy"]
-                         for s in seeds]
-                    mean, half = mean_ci95(g) if g else (None, None)
-                    row[f"probe_{side}"] = {"mean": mean, "ci95": half if len(g) > 1 else None,
-                                 "sig": bool(len(g) > 1 and abs(mean) > half)}
-                rows.append(row)
+    for domain, other, b, seeds, by in budget_points(records):
+        for p in poolings:
+            row = {"domain": domain, "other": other, "budget_steps": b, "pooling": p, "n_seeds": len(seeds)}
+            for side, task in (("own", domain), ("other", other)):
+                row[f"probe_{side}"] = gain_stats([by[(domain, s, b)]["probe"][p][task]["accuracy"]
+                                                   - by[(domain, s, 0)]["probe"][p][task]["accuracy"] for s in seeds])
+            rows.append(row)
     return rows
 
 
