@@ -45,7 +45,7 @@ from components.methods.registry import build_task_model  # noqa: E402
 from components.models.head_warmup import prepare_base_model  # noqa: E402
 from components.models.loading import load_tokenizer  # noqa: E402
 from components.models.precision import autocast_for  # noqa: E402
-from components.models.task_model import batches  # noqa: E402
+from components.models.task_model import infer  # noqa: E402
 from components.run.cells import task_data  # noqa: E402
 
 POOLINGS = ("cls", "mean")
@@ -56,14 +56,18 @@ def pooled_features(model, data: dict[str, torch.Tensor], poolings: list[str], b
                     precision: str) -> dict[str, np.ndarray]:
     """{pooling: [n, d]} from one forward pass per batch (the TaskModel's own pooling code)."""
     model.eval()
-    out = {p: [] for p in poolings}
-    for b in batches(data, batch_size):
+
+    def pooled(b) -> torch.Tensor:  # [b, poolings, d]
         with autocast_for(torch.device("cpu"), precision):
             hidden = model.mlm.encode(model.mlm.embed(b.input_ids), b.attention_mask, None, b.token_type_ids)
+        out = []
         for p in poolings:
             model.pooling = p
-            out[p].append(model.pool(hidden, b).float())
-    return {p: torch.cat(v).numpy() for p, v in out.items()}
+            out.append(model.pool(hidden, b).float())
+        return torch.stack(out, 1)
+
+    x = infer(pooled, data, batch_size).numpy()
+    return {p: x[:, i] for i, p in enumerate(poolings)}
 
 
 def probe_all(cfg, weights: dict, tasks: list[str], poolings: list[str], tokenizer) -> dict:

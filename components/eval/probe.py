@@ -23,7 +23,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from components.models.precision import autocast_for
-from components.models.task_model import batches
+from components.models.task_model import infer
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -34,11 +34,12 @@ def probe_features(model, data: dict[str, torch.Tensor], batch_size: int, device
                    precision: str = "fp32") -> np.ndarray:
     """e(x) of every example, [n, d] float32: `model` is a TaskModel in eval mode (no dropout)."""
     model.eval().to(device)
-    out = []
-    for b in batches(data, batch_size):
+
+    def embedding(b) -> torch.Tensor:
         with autocast_for(device, precision):
-            out.append(model(b.to(device)).embedding.float().cpu())
-    return torch.cat(out).numpy()
+            return model(b.to(device)).embedding.float().cpu()
+
+    return infer(embedding, data, batch_size).numpy()
 
 
 def _pearson(pred: np.ndarray, gold: np.ndarray) -> float | None:

@@ -25,7 +25,7 @@ from components.finetune.plugin import FinetunePlugin
 from components.models.compile import CompiledStep, resolve_compile
 from components.models.precision import autocast_for
 from components.models.schedule import fused_adamw, make_scheduler
-from components.models.task_model import TaskBatch, TaskModel, batches
+from components.models.task_model import TaskBatch, TaskModel, batches, infer
 
 
 @dataclass
@@ -52,13 +52,14 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
 def predict(model: TaskModel, data: dict[str, torch.Tensor], batch_size: int, device: torch.device,
             precision: str = "auto") -> np.ndarray:
     model.eval()
-    out = []
-    for b in batches(data, batch_size * 2):
+
+    def logits(b: TaskBatch) -> torch.Tensor:
         with autocast_for(device, precision):
-            logits = model(b.to(device)).logits.float()
-        out.append(logits.cpu())
+            return model(b.to(device)).logits.float().cpu()
+
+    out = infer(logits, data, batch_size * 2)
     model.train()
-    return torch.cat(out).numpy()
+    return out.numpy()
 
 
 def train_step(forward: torch.nn.Module, model: TaskModel, plugins: list[FinetunePlugin], b: TaskBatch,

@@ -65,6 +65,27 @@ def test_probe_features_are_the_frozen_pooled_embedding(tiny_model_dir):
     np.testing.assert_allclose(a, cls.numpy(), atol=1e-5)
 
 
+def test_length_sorted_inference_returns_examples_in_data_order(tiny_model_dir):
+    """Batches run shortest-first (less padding) yet every example's features come back in its own
+    row, equal to that example encoded alone."""
+    from components.models.loading import load_masked_lm
+    from components.models.masked_lm import MaskedLM
+    from components.models.task_model import TaskModel
+
+    hf, _ = load_masked_lm(str(tiny_model_dir))
+    model = TaskModel(MaskedLM(hf), num_labels=3)
+    lengths = [12, 3, 9, 5, 12, 2, 7]
+    ids = torch.zeros(len(lengths), 12, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n], mask[i, :n] = torch.randint(1000, 2000, (n,)), 1
+    data = {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(len(lengths))}
+    together = probe_features(model, data, batch_size=3, device=torch.device("cpu"))
+    for i in range(len(lengths)):
+        alone = probe_features(model, {k: v[i:i + 1] for k, v in data.items()}, 1, torch.device("cpu"))
+        assert np.allclose(together[i], alone[0], atol=1e-5)
+
+
 def test_mean_pooling_averages_the_real_tokens_only(tiny_model_dir):
     from components.config import load_config
     from components.methods.registry import pooling_for
