@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from components.config import REPO_ROOT, load_config  # noqa: E402
 from components.finetune.loop import task_loss, train_step  # noqa: E402
-from components.methods.registry import build_task_model  # noqa: E402
+from components.methods.registry import build_task_model, templated  # noqa: E402
 from components.models.task_model import TaskInfo  # noqa: E402
 from components.models.compile import CompiledStep, resolve_compile  # noqa: E402
 from components.models.loading import load_masked_lm, load_tokenizer  # noqa: E402
@@ -76,7 +76,7 @@ def step_time(overrides: list[str], weights: dict, tok, args, fused: bool = True
     torch.manual_seed(0)
     model, plugins, _ = build_task_model(cfg, weights, TaskInfo("restaurant", ["negative", "neutral", "positive"]), tok)
     opt = adamw(model, fused)
-    batch = batch_for(tok, args.batch_size, args.length, model.pooling == "mask")
+    batch = batch_for(tok, args.batch_size, args.length, templated(cfg))
     model.train()
     times = []
     for i in range(args.steps + 2):
@@ -118,7 +118,7 @@ def loop_step_time(weights: dict, tok, args, precision: str, compile_: str, shor
     model, plugins, _ = build_task_model(cfg, weights, TaskInfo("restaurant", ["negative", "neutral", "positive"]), tok)
     model.to(device).train()
     opt = adamw(model, True)
-    batch = batch_for(tok, args.batch_size, args.length, model.pooling == "mask").to(device)
+    batch = batch_for(tok, args.batch_size, args.length, templated(cfg)).to(device)
     runner = CompiledStep(model, resolve_compile(compile_, device, 10**9), "benchmark step", dynamic=True)
     times = []
     for _ in range((args.short_steps if short else args.steps) + 1):

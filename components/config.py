@@ -227,6 +227,7 @@ class CocaConfig:
     noise_std: float = field(default=1.0e-3, metadata=_range(0))
     divergence: Literal["sym_kl", "js"] = "js"  # js is bounded by log 2 (sym_kl: unbounded, as first implemented)
     ramp: float = field(default=0.5, metadata=_range(0, 1))  # beta reaches full weight after this fraction of steps
+    task_head_at_slot: bool = False  # False: the task head reads finetune.pooling ([CLS]) of the templated input
 
 
 @dataclass

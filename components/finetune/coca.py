@@ -132,7 +132,6 @@ class Coca(FinetunePlugin):
     """
 
     name = "coca"
-    pooling = "mask"   # e(x) at the template's mask slot, where the MLM head is a classifier
 
     def __init__(self, cfg: CocaConfig, num_labels: int, task: str = "task",
                  verbalizers: torch.Tensor | None = None, calibrated_head: bool = False):
@@ -153,6 +152,15 @@ class Coca(FinetunePlugin):
         return cfg.finetune.coca.enabled
 
     @classmethod
+    def reads_slot(cls, cfg: Config) -> bool:
+        """The pre-defined head is the MLM head at the template's mask slot."""
+        return True
+
+    @classmethod
+    def pools_at_slot(cls, cfg: Config) -> bool:
+        return cfg.finetune.coca.task_head_at_slot
+
+    @classmethod
     def validate(cls, cfg: Config, tasks, tokenizer) -> None:
         """Every task has classes and a distinct verbalizer token per class."""
         for i, t in enumerate(tasks):
@@ -170,7 +178,9 @@ class Coca(FinetunePlugin):
 
     def predefined_logits(self, model: TaskModel, out: TaskOutput) -> torch.Tensor:
         """The MLM head at the slot, restricted to one verbalizer token per class: [B, C]."""
-        h = out.embedding if self.calibrated_head else out.raw_embedding
+        h = out.slot if self.calibrated_head else out.raw_slot
+        if h is None:
+            raise ValueError("CoCa: the batch has no mask slot (encode the task with its template: mask_pos)")
         return model.mlm.mlm_logits(h)[:, self.verbalizer_ids]
 
     def set_progress(self, step: int, total: int) -> None:

@@ -32,13 +32,13 @@ class FinetunePlugin(nn.Module):
       enabled(cfg)                         is the method switched on
       validate(cfg, tasks, tokenizer)      check its inputs at plan time (raise InputError)
       build(cfg, mlm, task, tokenizer, base_weights, plugin_state) -> (plug-in or None, notes)
-      pooling                              "mask" when the method reads e(x) at a template's mask slot
+      reads_slot(cfg)                      the method needs its inputs in a template with a mask slot
+      pools_at_slot(cfg)                   the task head reads e(x) at that slot (else finetune.pooling)
     Model hooks (called by TaskModel.forward): prefix(batch), calibrate(hidden).
     Loop hooks: set_progress(step, total), loss_terms(model, batch, out).
     """
 
     name = "plugin"
-    pooling = "cls"
 
     def __init__(self) -> None:
         super().__init__()
@@ -47,6 +47,14 @@ class FinetunePlugin(nn.Module):
 
     @classmethod
     def enabled(cls, cfg: Config) -> bool:
+        return False
+
+    @classmethod
+    def reads_slot(cls, cfg: Config) -> bool:
+        return False
+
+    @classmethod
+    def pools_at_slot(cls, cfg: Config) -> bool:
         return False
 
     @classmethod

@@ -82,9 +82,14 @@ def build_pretrain_plugins(spec: "StageSpec", model: MaskedLM) -> list[PretrainP
 
 
 def pooling_for(cfg: Config) -> str:
-    """A plug-in may read the task embedding at a template's mask slot (CoCa); otherwise
-    `finetune.pooling` ([CLS] or the mean over real tokens)."""
-    return "mask" if any(cls.pooling == "mask" for cls in finetune_plugins(cfg)) else cfg.finetune.pooling
+    """A plug-in may read the task embedding at a template's mask slot (CoCa with
+    `task_head_at_slot`); otherwise `finetune.pooling` ([CLS] or the mean over real tokens)."""
+    return "mask" if any(cls.pools_at_slot(cfg) for cls in finetune_plugins(cfg)) else cfg.finetune.pooling
+
+
+def templated(cfg: Config) -> bool:
+    """Task inputs are wrapped in the default template with a mask slot (a plug-in reads the slot)."""
+    return any(cls.reads_slot(cfg) for cls in finetune_plugins(cfg))
 
 
 def build_task_model(

@@ -49,7 +49,9 @@ class TaskBatch:
 class TaskOutput:
     logits: torch.Tensor       # [B, C] task head
     embedding: torch.Tensor    # [B, d] e(x), after the calibration block
-    raw_embedding: torch.Tensor  # [B, d] the same slot before the calibration block
+    raw_embedding: torch.Tensor  # [B, d] the same pooling before the calibration block
+    slot: torch.Tensor | None = None      # [B, d] the template's mask-slot state after calibration (None: no slot)
+    raw_slot: torch.Tensor | None = None  # [B, d] the same before calibration
 
 
 class TaskModel(nn.Module):
@@ -84,7 +86,12 @@ class TaskModel(nn.Module):
         for plugin in self.plugins:
             calibrated = plugin.calibrate(calibrated)
         e, raw = self.pool(calibrated, batch), self.pool(hidden, batch)
-        return TaskOutput(logits=self.head(self.dropout(e)), embedding=e, raw_embedding=raw)
+        slot = raw_slot = None
+        if batch.mask_pos is not None:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            slot, raw_slot = calibrated[rows, batch.mask_pos], hidden[rows, batch.mask_pos]
+        return TaskOutput(logits=self.head(self.dropout(e)), embedding=e, raw_embedding=raw, slot=slot,
+                          raw_slot=raw_slot)
 
 
     def pool(self, z: torch.Tensor, batch: TaskBatch) -> torch.Tensor:

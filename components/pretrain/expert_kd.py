@@ -16,9 +16,10 @@ Teacher logits are computed ONCE per (blocks, expert) by `expert_logits_cache` (
 are frozen and the clean blocks do not change within a stage) and looked up per step with
 `batch["block_index"]`. Teacher input = the clean block as a single text (pair tasks too:
 the block is the "document first" segment, no second segment), attention mask = ids != pad.
-An expert that reads a template's mask slot (pooling "mask", under CoCa) gets what it was
+An expert fine-tuned on templated inputs (under CoCa; meta "template") gets what it was
 fine-tuned on: the block's text in the default template, "[CLS] <block text> It was [MASK]. [SEP]"
-(`teacher_view: template`); `last_masked` (the first implementation) masks the block's last token.
+(`teacher_view: template`), read at its own pooling ([CLS] or the slot); with `last_masked` (the
+first implementation) a slot expert reads the block with its last token masked, others the plain block.
 
 Heads are initialised from a generator seeded by (seed, task name), so creating them never
 touches the global RNG: with lambda_kd = 0 (or mode "none") the plug-in owns no parameters
@@ -137,7 +138,7 @@ def _cache_key(blocks_fingerprint: str, expert_fp: str, pad_id: int, pooling: st
               "pooling": pooling, "mask_id": None if pooling == "cls" else int(mask_id)}
     if precision != "fp32":  # fp32 keys stay those of earlier caches
         fields["precision"] = precision
-    if pooling == "mask" and template_suffix:  # the first implementation's (last token masked) keys stay too
+    if template_suffix:  # the first implementation's (last token masked) keys stay too
         fields["template_suffix"] = [int(t) for t in template_suffix]
     material = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()
@@ -173,9 +174,10 @@ def expert_logits_cache(
     key = sha256 of (blocks_fingerprint, expert fingerprint = sha256 of its weights, pad_id,
     pooling, mask_id, format). A second call with the same inputs loads nothing and runs no
     forward; a re-saved expert has a new fingerprint, hence a new key. The expert runs in
-    eval mode without gradients; for pooling "mask" `mask_id` is required and the expert reads
-    the block in its template when `template_suffix` is given (`template_blocks`, part of the key),
-    else with its last content token masked (`mask_last_content`). `stats`, if given, receives
+    eval mode without gradients; for pooling "mask" `mask_id` is required. An expert fine-tuned on
+    templated inputs (meta "template", default pooling == "mask") reads the block in its template
+    when `template_suffix` is given (`template_blocks`, part of the key); else a slot expert reads
+    it with its last content token masked (`mask_last_content`), any other expert the plain block. `stats`, if given, receives
     {"hit": bool, "forwards": number of batched expert forwards run, "path": str}.
     `precision` (auto / fp32 / bf16, see components.models.precision) is part of the key.
     """
@@ -186,6 +188,8 @@ def expert_logits_cache(
     pooling = meta["pooling"]
     if pooling == "mask" and mask_id is None:
         raise InputError(f"expert {expert_dir}: pooling 'mask' needs mask_id for the cached teacher inputs")
+    if not meta.get("template", pooling == "mask"):
+        template_suffix = None  # an expert fine-tuned on plain text reads the plain block
     used = resolve_precision(precision, device)
     key = _cache_key(blocks_fingerprint, expert_fingerprint(expert_dir), pad_id, pooling, mask_id, used,
                      template_suffix)
@@ -206,7 +210,7 @@ def expert_logits_cache(
         for lo in range(0, n, batch_size):
             ids = torch.as_tensor(blocks[lo:lo + batch_size], dtype=torch.long, device=device)
             mask_pos = None
-            if pooling == "mask" and template_suffix:
+            if template_suffix:
                 ids, mask_pos = template_blocks(ids, pad_id, template_suffix, mask_id)
             elif pooling == "mask":
                 ids, mask_pos = mask_last_content(ids, pad_id, mask_id)
@@ -373,7 +377,8 @@ class ExpertKDPlugin(PretrainPlugin):
         model.load_state_dict(state)
         save_expert(cls._expert_dir(driver, task), model, {
             "task": task, "num_labels": info.num_labels, "is_regression": record["label_names"] is None,
-            "pooling": model.pooling, "label_names": record["label_names"], "model": cfg.model.name})
+            "pooling": model.pooling, "template": any(p.reads_slot(cfg) for p in model.plugins),
+            "label_names": record["label_names"], "model": cfg.model.name})
 
     @classmethod
     def prepare_stage(cls, cfg: Config, stage: StageInfo, blocks: np.ndarray, fingerprint: str,

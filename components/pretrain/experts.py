@@ -51,8 +51,10 @@ def _check_meta(meta: Any, where: str) -> dict:
         raise InputError(f"{where}: 'num_labels' must be a positive integer, got {meta['num_labels']!r}")
     if not isinstance(meta["is_regression"], bool):
         raise InputError(f"{where}: 'is_regression' must be true/false, got {meta['is_regression']!r}")
-    if meta["pooling"] not in ("cls", "mask"):
-        raise InputError(f"{where}: 'pooling' must be 'cls' or 'mask', got {meta['pooling']!r}")
+    if meta["pooling"] not in ("cls", "mask", "mean"):
+        raise InputError(f"{where}: 'pooling' must be 'cls', 'mask' or 'mean', got {meta['pooling']!r}")
+    if not isinstance(meta.get("template", False), bool):
+        raise InputError(f"{where}: 'template' must be true/false, got {meta['template']!r}")
     return meta
 
 
@@ -60,7 +62,7 @@ def save_expert(dir: Path | str, task_model: TaskModel, meta: dict) -> Path:
     """Write `task_model` + `meta` as an expert directory at `dir`, atomically; return `dir`.
 
     `meta` needs task, num_labels, is_regression, pooling (label_names and model are
-    recommended); `format` and `fingerprint` are filled in here. `num_labels` must match the
+    recommended; `template`: fine-tuned on inputs in the default template, default pooling == "mask"); `format` and `fingerprint` are filled in here. `num_labels` must match the
     model's head.
     """
     dir = Path(dir)

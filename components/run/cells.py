@@ -19,7 +19,7 @@ from components.data.domains import read_task, resolve_domain
 from components.data.task_encoding import default_template, encode_task
 from components.eval.probe import probe_task
 from components.finetune.loop import finetune
-from components.methods.registry import build_task_model, pooling_for
+from components.methods.registry import build_task_model, templated
 from components.models.task_model import TaskInfo
 from components.models.loading import load_tokenizer
 from components.models.precision import resolve_precision
@@ -62,7 +62,7 @@ def task_data(cfg: Config, task: str, tokenizer, limits: dict[str, int | None]
     splits = {s: read_task(domain, s) for s in ("train", "dev", "test")}
     train_task = splits["train"]
     info = TaskInfo(task, None if train_task.is_regression else train_task.label_names, domain.verbalizers)
-    template = default_template(tokenizer, train_task.texts_b is not None) if pooling_for(cfg) == "mask" else None
+    template = default_template(tokenizer, train_task.texts_b is not None) if templated(cfg) else None
     encoded = {s: encode_task(t, tokenizer, cfg.finetune.max_length, template) for s, t in splits.items()}
     data = {s: _take(e, subsample(len(e["labels"]), limits[s], cfg.seed)) for s, e in encoded.items()}
     return info, data, train_task.is_regression

@@ -33,7 +33,26 @@ def batch() -> TaskBatch:
     mask = torch.ones(4, 10, dtype=torch.long)
     mask[1, 6:] = 0
     mask[3, 4:] = 0
-    return TaskBatch(torch.randint(1, 50, (4, 10), generator=g) * mask, mask, torch.tensor([0, 1, 2, 1]))
+    return TaskBatch(torch.randint(1, 50, (4, 10), generator=g) * mask, mask, torch.tensor([0, 1, 2, 1]),
+                     mask_pos=torch.tensor([8, 4, 7, 2]))
+
+
+def test_task_head_reads_cls_and_the_predefined_head_reads_the_slot(batch):
+    """Default (task_head_at_slot false): e(x) is [CLS] of the templated input, the pre-defined
+    head the MLM head at the slot; with task_head_at_slot (the first implementation) both read the slot."""
+    model = tiny_model().eval()
+    coca = model.plugins[0]
+    rows = torch.arange(4)
+    with torch.no_grad():
+        out = model(batch)
+        h = model.mlm.encode(model.mlm.embed(batch.input_ids), batch.attention_mask)
+        torch.testing.assert_close(out.embedding, h[:, 0])
+        torch.testing.assert_close(coca.predefined_logits(model, out),
+                                   model.mlm.mlm_logits(h[rows, batch.mask_pos])[:, [7, 8, 9]])
+        slot_model = TaskModel(model.mlm, num_labels=3, pooling="mask", plugins=[coca]).eval()
+        torch.testing.assert_close(slot_model(batch).embedding, h[rows, batch.mask_pos])
+        with pytest.raises(ValueError, match="no mask slot"):
+            coca.predefined_logits(model, model(TaskBatch(batch.input_ids, batch.attention_mask, batch.labels)))
 
 
 def test_sym_kl_is_symmetric_and_zero_on_identical_inputs():

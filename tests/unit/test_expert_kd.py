@@ -53,9 +53,9 @@ def make_blocks(n: int = 10, t: int = 16, seed: int = 0) -> np.ndarray:
     return blocks
 
 
-def meta_for(task="a", num_labels=3, regression=False, pooling="cls"):
+def meta_for(task="a", num_labels=3, regression=False, pooling="cls", **extra):
     return {"task": task, "num_labels": num_labels, "is_regression": regression, "pooling": pooling,
-            "label_names": [f"l{i}" for i in range(num_labels)], "model": "tiny-bert"}
+            "label_names": [f"l{i}" for i in range(num_labels)], "model": "tiny-bert", **extra}
 
 
 def make_expert(path: Path, seed=1, **kw) -> Path:
@@ -208,6 +208,28 @@ def test_template_view_gives_a_mask_slot_expert_its_template(tmp_path):
     with torch.no_grad():
         want = model.eval()(TaskBatch(t_ids, (t_ids != PAD).long(), torch.zeros(4), mask_pos=t_pos)).logits
     np.testing.assert_allclose(np.load(templ), want.numpy(), atol=1e-5)
+
+
+def test_a_cls_expert_fine_tuned_on_templates_reads_its_template_and_a_plain_one_does_not(tmp_path):
+    """CoCa's default task head reads [CLS] of the templated input: such an expert (meta
+    "template") gets the templated block, read at [CLS]; an expert fine-tuned on plain text keeps
+    the plain block and its cache key whatever the teacher view."""
+    suffix = [20, 21, MASK, 22]
+    blocks = make_blocks(4)
+    templated = make_expert(tmp_path / "exp_t", pooling="cls", template=True)
+    got = expert_logits_cache(templated, blocks, PAD, tmp_path / "c", "b", build, mask_id=MASK, template_suffix=suffix)
+    model, _ = load_expert(templated, build)
+    t_ids, _ = template_blocks(torch.as_tensor(blocks, dtype=torch.long), PAD, suffix, MASK)
+    with torch.no_grad():
+        want = model.eval()(TaskBatch(t_ids, (t_ids != PAD).long(), torch.zeros(4))).logits
+    np.testing.assert_allclose(np.load(got), want.numpy(), atol=1e-5)
+    assert got != expert_logits_cache(templated, blocks, PAD, tmp_path / "c", "b", build, mask_id=MASK)
+
+    plain = make_expert(tmp_path / "exp_p", pooling="cls")
+    a = expert_logits_cache(plain, blocks, PAD, tmp_path / "c", "b", build, mask_id=MASK, template_suffix=suffix)
+    assert a == expert_logits_cache(plain, blocks, PAD, tmp_path / "c", "b", build)
+    with pytest.raises(InputError, match="'template' must be true/false"):
+        make_expert(tmp_path / "exp_bad", template="yes")
 
 
 # ----------------------------------------------------------------------------- which experts

@@ -106,8 +106,10 @@ def test_mean_pooling_averages_the_real_tokens_only(tiny_model_dir):
     np.testing.assert_allclose(feats[1], h[1, :6].mean(0).numpy(), atol=1e-5)
     assert not np.allclose(feats[1], h[1].mean(0).numpy(), atol=1e-3)  # padding would change it
     assert pooling_for(load_config(["pipelines/configs/default.yaml"], ["finetune.pooling=mean"])) == "mean"
-    coca = load_config(["pipelines/configs/default.yaml"], ["finetune.pooling=mean", "finetune.coca.enabled=true"])
-    assert pooling_for(coca) == "mask"  # a plug-in that reads a template's mask slot wins
+    coca = ["finetune.pooling=mean", "finetune.coca.enabled=true"]
+    assert pooling_for(load_config(["pipelines/configs/default.yaml"], coca)) == "mean"  # CoCa's task head: finetune.pooling
+    slot = load_config(["pipelines/configs/default.yaml"], [*coca, "finetune.coca.task_head_at_slot=true"])
+    assert pooling_for(slot) == "mask"  # a plug-in whose task head reads the template's mask slot wins
 
 
 def test_probe_matrices_are_additive_keys_of_anytime_json(tmp_path):
