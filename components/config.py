@@ -218,7 +218,7 @@ class CocaConfig:
     """Consistency calibration (CoCa; docs/methods.md)."""
 
     enabled: bool = False
-    alpha: float = field(default=1.0, metadata=_range(0))
+    alpha: float = field(default=0.1, metadata=_range(0))  # 1.0 (first implementation) stalls acl fine-tuning
     beta: float = field(default=1.0, metadata=_range(0))
     radius: Literal["per_token", "absolute"] = "per_token"  # per_token: epsilon etc. are fractions of ||E(x)_t||
     epsilon: float = field(default=0.05, metadata=_range(0))
