@@ -205,10 +205,12 @@ def test_full_method_preset_end_to_end(tmp_path, shared_cache, ray_session):
     assert metas[1]["plugin_meta"][0]["prototype_names"] == ["laptop", "acl"]
     # row-0 fine-tuned models became the experts; their logits were cached once per stage
     assert {p.name for p in (run_dir / "experts").iterdir()} == {"laptop", "acl"}
+    expert = json.loads((run_dir / "experts/acl/expert.json").read_text())
+    assert expert["pooling"] == "cls" and expert["template"] is True  # CoCa: [CLS] of the templated input
     assert len(list((shared_cache / "expert_logits").glob("*.npy"))) >= 3   # stage 1: laptop; stage 2: laptop, acl
     steps = [json.loads(line) for line in (run_dir / "metrics/pretrain_stage02.jsonl").read_text().splitlines()]
     assert {"loss/hprompt/agree", "loss/hprompt/disagree", "loss/kd/kd", "loss/mlm"} <= set(steps[-1])
     cell = json.loads((run_dir / "cells/s02-acl-seed0.json").read_text())
-    assert cell["pooling"] == "mask" and cell["extra_forwards"] > 0          # CoCa ran its adversarial passes
+    assert cell["pooling"] == "cls" and cell["extra_forwards"] > 0           # CoCa ran its adversarial passes
     assert any("RepCali rank 0: 768 parameters" in n for n in cell["notes"])
     assert any("warm-started from the distilled student head" in n for n in cell["notes"])
