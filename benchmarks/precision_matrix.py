@@ -9,8 +9,9 @@ small files to ARCHIVE/<p>/seed<s>/). Then, per score and metric,
 
 beside the noise floor of that metric: the seed-to-seed standard deviation of the fp32 runs.
 bf16 is "equal within noise" for a metric when the whole 95% interval of d lies inside
-(-sd, +sd) (an equivalence test: |mean(d)| + half-width < sd). Also the largest |cell difference| of the mean matrices and each run's wall
-time (bf16 / fp32 ratio of the means). The last line is one JSON object.
+(-sd, +sd) (an equivalence test: |mean(d)| + half-width < sd). Also the largest |cell
+difference| of the seed-mean matrices and each run's wall time (bf16 / fp32 ratio of the means).
+The last line is one JSON object.
 
     python benchmarks/precision_matrix.py --config pipelines/configs/default.yaml --seeds 0,1,2 \\
         --out-dir runs/precision --archive benchmarks/results/default_precision

@@ -120,7 +120,7 @@ def batches(data: dict[str, torch.Tensor], batch_size: int, order: np.ndarray | 
 
 def infer(fn, data: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
     """fn(batch) -> [b, ...] for every example, returned in data order. The batches run in order of
-    sequence length, so each pads to nearly its own length (1.2-1.7x fewer tokens on the shipped tasks)."""
+    sequence length, so each pads to nearly its own length instead of to its longest stray example."""
     order = np.argsort(data["attention_mask"].sum(1).numpy(), kind="stable")
     out = torch.cat([fn(b) for b in batches(data, batch_size, order)])
     return out[torch.from_numpy(np.argsort(order, kind="stable"))]
