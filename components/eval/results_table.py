@@ -17,6 +17,11 @@ so its metrics are those of its own matrix (``all_metrics``).
   absorbs float noise). With fewer than 2 paired seeds it is None ("n/a").
 - Missing runs (or metrics a run could not compute) are listed, and every cell says how many
   seeds it averages when that is fewer than requested: nothing is silently dropped.
+- Per task: task j's score of a run is the mean of its column over rows 1..N (A_all
+  restricted to task j: T_j = mean_{i>=1} a[i][j]); ``base``'s is a[0][j]. Each method's per-task
+  cell and its paired difference vs the reference are computed as above (``per_task`` and
+  ``paired_per_task`` in results.json, a table per score in results.md), so a method that
+  helps one task and hurts another shows it.
 - Collapse guard: a classification cell whose test predictions are all one class (its record's
   ``test_predicted_counts`` has a single non-zero entry) is flagged, and the flagged cells are
   counted per method (``collapse`` in results.json, a section of results.md). Runs without cell
@@ -56,6 +61,18 @@ def run_matrix(anytime: Mapping[str, Any], score: str) -> np.ndarray:
 def run_metrics(anytime: Mapping[str, Any], score: str) -> dict[str, float | None]:
     """Every anytime metric (``METRIC_NAMES``) of one single-seed run's matrix."""
     return all_metrics(run_matrix(anytime, score))
+
+
+def task_scores(anytime: Mapping[str, Any], score: str, base: bool = False) -> dict[str, float | None]:
+    """Per task j: T_j = mean over rows i >= 1 of a[i][j] (NaN cells skipped), or a[0][j] for the
+    never-pre-trained ``base``; None where no cell has a value."""
+    a = run_matrix(anytime, score)
+    cols = a[:1] if base else a[1:]
+    out = {}
+    for j, task in enumerate(anytime["domains"]):
+        col = cols[:, j][~np.isnan(cols[:, j])]
+        out[task] = float(col.mean()) if col.size else None
+    return out
 
 
 def base_metrics(anytime: Mapping[str, Any], score: str) -> dict[str, float | None]:
@@ -187,12 +204,20 @@ def build_results(runs: Runs, seeds: Sequence[int], reference: str = REFERENCE,
                 paired[m] = {name: paired_difference({s: v[name] for s, v in by_seed.items()},
                                                      {s: v[name] for s, v in ref.items()})
                              for name in METRIC_NAMES}
+        tasks = {m: ({s: task_scores(r, score, base=m == BASE) for s, r in runs[reference if m == BASE else m].items()
+                      if r is not None and s in seeds}) for m in rows}
+        per_task = {m: {t: summarize([by[s][t] for s in seeds if s in by]) for t in domains}
+                    for m, by in tasks.items()}
+        paired_task = ({m: {t: paired_difference({s: v[t] for s, v in tasks[m].items()},
+                                                 {s: v[t] for s, v in tasks[reference].items()}) for t in domains}
+                        for m in rows if m != reference} if has_base else {})
         for m in methods:
             mats = [run_matrix(r, score) for s, r in runs[m].items() if r is not None and s in seeds]
             if mats:
                 with np.errstate(all="ignore"):
                     matrices[m] = {"n": len(mats), "mean": np.nanmean(np.stack(mats), axis=0).tolist()}
-        scores[score] = {"table": table, "paired_vs_reference": paired, "mean_matrix": matrices}
+        scores[score] = {"table": table, "paired_vs_reference": paired, "mean_matrix": matrices,
+                         "per_task": per_task, "paired_per_task": paired_task}
     notes = [f"Each cell: mean ± 95% Student-t half-width over seeds ({', '.join(map(str, seeds))}); "
              "one seed gives no interval (n/a)."]
     if has_base:
@@ -269,6 +294,7 @@ def results_markdown(results: Mapping[str, Any], header: Sequence[tuple[str, Any
             lines += markdown_table(["method", *results["metrics"]], rows)
             lines += ["", "**sig** = the 95% interval of the paired differences excludes 0 (paired t-test, 5%); "
                       "n.s. = it does not; n/a = fewer than 2 paired seeds.", ""]
+        lines += _per_task_lines(title, block, results, ref, n_seeds, missing_methods)
     lines += _collapse_lines(results.get("collapse") or {})
     lines += ["## Missing runs", ""]
     if results["missing"]:
@@ -284,6 +310,27 @@ def results_markdown(results: Mapping[str, Any], header: Sequence[tuple[str, Any
                   "Mean over seeds; row i = after pre-training stage i (0 = base), column j = fine-tuned on "
                   "task j; left of the red staircase = seen domains.", ""]
     return "\n".join(lines)
+
+
+def _per_task_lines(title: str, block: Mapping[str, Any], results: Mapping[str, Any], ref: str | None,
+                    n_seeds: int, missing_methods: set[str]) -> list[str]:
+    """Per-task table: each task's column mean over rows 1..N (base: row 0), and its paired
+    difference vs the reference."""
+    per_task, paired = block.get("per_task"), block.get("paired_per_task")
+    if not per_task:
+        return []
+    tasks = results["domains"]
+    lines = [f"### {title} per task (column mean over rows 1..N; base: row 0)", ""]
+    rows = []
+    for m in results["methods"]:
+        cells = [_fmt_cell(dict(per_task[m][t], missing=m in missing_methods), n_seeds) for t in tasks]
+        if paired and m in paired:
+            cells = [c if paired[m][t]["n"] == 0 else
+                     f"{c}; {_fmt_cell(paired[m][t], n_seeds, signed=True)} {_sig(paired[m][t]['significant'])}"
+                     for c, t in zip(cells, tasks)]
+        rows.append([m, *cells])
+    note = f" Cells: mean ± 95% half-width; then method - {ref} (paired, same seed)." if paired else ""
+    return lines + markdown_table(["method", *tasks], rows) + ["", note.strip(), ""]
 
 
 def _collapse_lines(collapse: Mapping[str, Any]) -> list[str]:

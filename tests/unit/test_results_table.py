@@ -117,6 +117,26 @@ def test_paired_differences_and_significance(runs):
     assert paired["base"]["BWT"]["significant"] is None and paired["base"]["BWT"]["n"] == 0
 
 
+def test_per_task_scores_and_paired_differences(runs):
+    res = build_results(runs, [0, 1, 2])["scores"]["accuracy"]
+    # ncl seed k: d1 = (.70 + .65)/2 + .02k, d2 = (.45 + .80)/2 + .02k
+    assert res["per_task"]["ncl"]["d1"]["mean"] == pytest.approx(0.695)
+    assert res["per_task"]["ncl"]["d2"]["mean"] == pytest.approx(0.645)
+    # base = row 0: d1 = .50 + .02k
+    assert res["per_task"]["base"]["d1"]["mean"] == pytest.approx(0.52)
+    hp = res["paired_per_task"]["hprompt"]
+    # d1: hprompt (.695, .725, .755) - ncl (.675, .695, .715) = .02, .03, .04 -> significant
+    assert hp["d1"]["mean"] == pytest.approx(0.03) and hp["d1"]["significant"] is True
+    assert hp["d1"]["ci95"] == pytest.approx(T2 * 0.01 / math.sqrt(3), rel=1e-4)
+    # d2: (.695, .625, .735) - (.625, .645, .665) = .07, -.02, .07 -> not significant
+    assert hp["d2"]["mean"] == pytest.approx(0.04) and hp["d2"]["significant"] is False
+    assert res["paired_per_task"]["base"]["d1"]["mean"] == pytest.approx(-0.175)
+    assert "ncl" not in res["paired_per_task"]
+    md = results_markdown(build_results(runs, [0, 1, 2]))
+    assert "### Accuracy per task" in md and "| method | d1 | d2 |" in md
+    assert "0.7250 ± " in md and "+0.0300 ± 0.0248 **sig**" in md.split("### Accuracy per task")[1]
+
+
 def test_one_seed_gives_na(runs):
     one = {m: {0: r[0]} for m, r in runs.items()}
     res = build_results(one, [0])
