@@ -4,7 +4,8 @@ generates for it (a model hook, no loss term),
     P(x) = Hypernet(q(x)),   q(x) = the frozen stage-0 encoder's mean-pooled states of x,
 
 and the backbone optionally frozen (`methods.hprompt.freeze_backbone_at_finetune`). Absent at
-row 0, where no hypernetwork has been trained yet (no plug-in state).
+row 0, where no hypernetwork has been trained yet (no plug-in state), and everywhere under
+`methods.hprompt.prompts_at_finetune: false` (HPrompt then acts through pre-training only).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class GeneratedPrompts(FinetunePlugin):
 
     @classmethod
     def enabled(cls, cfg: Config) -> bool:
-        return cfg.methods.hprompt.enabled
+        return cfg.methods.hprompt.enabled and cfg.methods.hprompt.prompts_at_finetune
 
     @classmethod
     def build(cls, cfg: Config, mlm: MaskedLM, task, tokenizer, base_weights, plugin_state):

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from components.checkpoint import load_tree, save_tree
-from components.config import HPromptConfig
+from components.config import REPO_ROOT, HPromptConfig
 from components.errors import InputError
 from components.finetune.prompts import GeneratedPrompts
 from components.models.hypernetwork import QueryEncoder, build_prompt_generator
@@ -332,6 +332,17 @@ def test_prompt_generator_is_batch_independent_and_serves_the_task_model():
     out = task(TaskBatch(b["input_ids"], b["attention_mask"], torch.zeros(4, dtype=torch.long)))
     assert out.logits.shape == (4, 3)
     assert not {id(p) for p in gen.encoder.model.parameters()} & {id(p) for p in task.parameters()}
+
+
+@pytest.mark.parametrize("at_finetune", [True, False])
+def test_prompts_at_finetune_switches_the_fine_tuning_plugin(at_finetune):
+    from components.config import load_config
+    from components.methods.registry import finetune_plugins, pretrain_plugins
+
+    cfg = load_config([REPO_ROOT / "pipelines/configs/default.yaml", REPO_ROOT / "pipelines/configs/methods/hprompt.yaml"],
+                      [f"methods.hprompt.prompts_at_finetune={str(at_finetune).lower()}"])
+    assert (GeneratedPrompts in finetune_plugins(cfg)) is at_finetune
+    assert any(cls.name == "hprompt" for cls in pretrain_plugins(cfg))  # pre-training keeps HPrompt either way
 
 
 # ----------------------------------------------------------------------------- torch.distributed
