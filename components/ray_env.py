@@ -12,6 +12,11 @@ the per-step JSONL (our own callback). Values already in the environment win, so
 with Prometheus keeps its metrics by exporting the variable. GCS and raylet read theirs at
 start: they apply to a local instance started after `apply_lean_ray_env()`; on a running
 cluster only the driver-side one (Train metrics) does. Measured effect: docs/results.md "Speed".
+
+`keep_task_workers(slots)` sizes the idle worker pool of a local instance: Ray keeps at most
+`num_workers_soft_limit` idle workers (default: the node's CPU count) and kills the rest after a
+second idle, so a row of more tasks than CPUs (3 cells at 0.66 CPU + a probe on 2 CPUs)
+re-spawned workers every row, each importing torch and transformers again (~8 CPU-seconds).
 """
 
 from __future__ import annotations
@@ -30,3 +35,11 @@ def apply_lean_ray_env() -> dict[str, str]:
     for key, value in LEAN_RAY_ENV.items():
         os.environ.setdefault(key, value)
     return {key: os.environ[key] for key in LEAN_RAY_ENV}
+
+
+def keep_task_workers(slots: int) -> str:
+    """Let a local Ray keep `slots` idle workers between rows (RAY_num_workers_soft_limit, unless
+    already set); return the value in effect. Read by the raylet at start: set it before
+    `ray.init()` starts a local instance."""
+    os.environ.setdefault("RAY_num_workers_soft_limit", str(max(1, slots)))
+    return os.environ["RAY_num_workers_soft_limit"]

@@ -15,7 +15,7 @@ from components.eval.heldout import heldout_diagnostics
 from components.models.loading import masked_lm_from_state
 from components.models.masked_lm import MaskedLM
 from components.pretrain.plugin import Tokens
-from components.ray_env import apply_lean_ray_env
+from components.ray_env import apply_lean_ray_env, keep_task_workers
 from components.run.cells import run_cell, run_probe_row
 
 # Tasks request their own resources: a sweep trial's placement group must not capture them.
@@ -28,9 +28,16 @@ def init_ray(cfg: Config) -> None:
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     apply_lean_ray_env()
+    if not address:  # a row's tasks (cells, probe, diagnostics) reuse the previous row's workers
+        keep_task_workers(task_slots(cfg, os.cpu_count() or 1) + 1)
     ray.init(address=address, log_to_driver=True, configure_logging=False, logging_level=cfg.ray.log_level,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
                                        os.environ.get("HF_HUB_OFFLINE", "0")}} if not address else None)
+
+
+def task_slots(cfg: Config, cpus: float) -> int:
+    """How many cell-sized tasks run at once on `cpus` CPUs."""
+    return int(cpus / cfg.finetune.cpus_per_cell + 1e-9)
 
 
 def cell_threads(cfg: Config) -> int:
