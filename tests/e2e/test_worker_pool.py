@@ -34,34 +34,41 @@ else:
     ray.init(configure_logging=False)
 
 @ray.remote
-def pid():
-    time.sleep(1.0)
+def pid(barrier, k):
+    # every task of the row holds its worker until all n + 1 run (no reuse within a row,
+    # however slowly workers start on a loaded machine)
+    open(os.path.join(barrier, str(k)), "w").close()
+    deadline = time.time() + 300
+    while len(os.listdir(barrier)) < n + 1 and time.time() < deadline:
+        time.sleep(0.05)
     return os.getpid()
 
-def row():
-    return sorted(set(ray.get([pid.options(num_cpus=per).remote() for _ in range(n + 1)])))
+def row(barrier):
+    os.makedirs(barrier)
+    return sorted(set(ray.get([pid.options(num_cpus=per).remote(barrier, k) for k in range(n + 1)])))
 
-first = row()
+first = row(os.path.join(sys.argv[2], "row1"))
 time.sleep(5.0)  # idle workers above the soft limit are killed after ~1 s
-second = row()
+second = row(os.path.join(sys.argv[2], "row2"))
 print(json.dumps({"first": first, "second": second, "limit": os.environ.get("RAY_num_workers_soft_limit")}))
 ray.shutdown()
 """
 
 
-def rows(mode: str) -> dict:
+def rows(mode: str, tmp_path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=REPO_ROOT, env=env, capture_output=True,
+    (tmp_path / mode).mkdir()
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(tmp_path / mode)], cwd=REPO_ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_pipeline_ray_reuses_the_previous_rows_workers():
+def test_pipeline_ray_reuses_the_previous_rows_workers(tmp_path):
     n = os.cpu_count()
-    stock = rows("stock")
+    stock = rows("stock", tmp_path)
     assert len(stock["first"]) == n + 1 and stock["limit"] is None
     assert set(stock["second"]) != set(stock["first"]), "premise: Ray's default pool re-spawns workers"
-    ours = rows("pipeline")
+    ours = rows("pipeline", tmp_path)
     assert ours["limit"] == str(n + 2)
     assert len(ours["first"]) == n + 1 and ours["second"] == ours["first"]
