@@ -196,7 +196,7 @@ class HPromptConfig:
     query_view: Literal["visible", "masked"] = "visible"  # pre-training query: unmasked tokens only, or the masked block
     virtual_negative: bool = False      # first domain: the virtual-query prompt as L_dis's negative
     stop_grad_negative: bool = True     # no gradient through the disagreement negative (earlier prompts)
-    prompts_at_finetune: bool = True    # fine-tuning inputs get generated prompts (paper); false: pre-training only
+    prompts_at_finetune: bool = False   # true: fine-tuning inputs get generated prompts (paper); false: pre-training only
     freeze_hypernet_at_finetune: bool = True
     freeze_backbone_at_finetune: bool = False
 

@@ -115,6 +115,7 @@ def run_cell(cfg: Config, spec: CellSpec, weights: dict, base_weights: dict | No
         "examples": {s: int(len(d["labels"])) for s, d in data.items()},
         "label_names": info.label_names,
         "pooling": model.pooling,
+        "plugins": [p.name for p in plugins],  # the fine-tuning plug-ins that ran (e.g. prompts, coca, repcali)
         "precision": resolve_precision(f.precision, device),
         "notes": notes,
         "hyperparameters": {k: v for k, v in asdict(f).items() if k not in ("seeds",)},

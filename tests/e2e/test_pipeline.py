@@ -193,9 +193,11 @@ def test_driver_killed_between_stages_resumes_to_the_same_results(clean_run, tmp
 
 
 def test_full_method_preset_end_to_end(tmp_path, shared_cache, ray_session):
-    """HPrompt + MoEGP in pre-training, CoCa + RepCali in the cells, all in one real run."""
+    """HPrompt + MoEGP in pre-training, generated prompts + CoCa + RepCali in the cells, all in one
+    real run (`full_ftprompts`: `full` with the paper's prompts at fine-tuning, every plug-in at once)."""
     run_dir = tmp_path / "full"
-    cfg = load_config([REPO_ROOT / "pipelines/configs/default.yaml", REPO_ROOT / "pipelines/configs/methods/full.yaml"],
+    cfg = load_config([REPO_ROOT / "pipelines/configs/default.yaml",
+                       REPO_ROOT / "pipelines/configs/methods/full_ftprompts.yaml"],
                       [*TINY, f"data.cache_dir={shared_cache}", "methods.distill.warm_start_head=true"])
     anytime = Pipeline(cfg, run_dir, prepare(cfg)).execute()
     assert np.isfinite(np.array(anytime["accuracy"], dtype=float)).all()
@@ -212,5 +214,7 @@ def test_full_method_preset_end_to_end(tmp_path, shared_cache, ray_session):
     assert {"loss/hprompt/agree", "loss/hprompt/disagree", "loss/kd/kd", "loss/mlm"} <= set(steps[-1])
     cell = json.loads((run_dir / "cells/s02-acl-seed0.json").read_text())
     assert cell["pooling"] == "cls" and cell["extra_forwards"] > 0           # CoCa ran its adversarial passes
+    assert set(cell["plugins"]) == {"prompts", "coca", "repcali"}
+    assert "prompts" not in json.loads((run_dir / "cells/s00-acl-seed0.json").read_text())["plugins"]  # row 0: none trained
     assert any("RepCali rank 0: 768 parameters" in n for n in cell["notes"])
     assert any("warm-started from the distilled student head" in n for n in cell["notes"])

@@ -345,6 +345,19 @@ def test_prompts_at_finetune_switches_the_fine_tuning_plugin(at_finetune):
     assert any(cls.name == "hprompt" for cls in pretrain_plugins(cfg))  # pre-training keeps HPrompt either way
 
 
+def test_presets_prompt_at_finetune_only_in_the_paper_ablations():
+    """Default (`hprompt`, `full`): HPrompt acts through pre-training only; the `*_ftprompts` presets
+    prompt every fine-tuning input as the paper does."""
+    from components.config import load_config
+    from components.methods.registry import finetune_plugins
+
+    def prompted(preset: str) -> bool:
+        cfg = load_config([REPO_ROOT / "pipelines/configs/default.yaml", REPO_ROOT / f"pipelines/configs/methods/{preset}.yaml"])
+        return GeneratedPrompts in finetune_plugins(cfg)
+
+    assert [prompted(p) for p in ("hprompt", "full", "hprompt_ftprompts", "full_ftprompts")] == [False, False, True, True]
+
+
 # ----------------------------------------------------------------------------- torch.distributed
 
 
