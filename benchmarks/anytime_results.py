@@ -4,7 +4,8 @@ For each method preset (pipelines/configs/methods/<name>.yaml) and each seed, ru
 pipeline in-process (stage 0 .. N, anytime cells) with `seed=<s>` and `finetune.seeds=[<s>]`
 into OUT/<method>/seed<s>/; a run whose anytime.json exists is skipped, an unfinished one
 resumes. Then writes OUT/results.md, OUT/results.json and OUT/heatmaps.png (ncl and full
-accuracy matrices). The `base` row (no pre-training) comes from row 0 of the ncl runs.
+accuracy matrices). The `base` row (no pre-training) comes from row 0 of the ncl runs, and every
+method is paired against ncl on the same seed (--reference picks another method for both).
 
     python benchmarks/anytime_results.py --config pipelines/configs/anytime6.yaml \\
         --methods ncl,hprompt,uegp,moegp,coca,repcali,full --seeds 0,1,2 --out-dir runs/results6
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--methods", default="ncl,hprompt,uegp,moegp,coca,repcali,full",
                         help="comma-separated method presets (pipelines/configs/methods/*.yaml); ncl is the reference")
+    parser.add_argument("--reference", default=None,
+                        help="the method every other is paired against, and whose row 0 is the base row "
+                             f"(default {REFERENCE}; e.g. --reference hprompt_ftprompts --methods hprompt_ftprompts,hprompt "
+                             "pairs an ablation with its default on the same seeds)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each is a whole independent run")
     parser.add_argument("--out-dir", type=Path, required=True, help="OUT/<method>/seed<s>/ plus results.*")
     parser.add_argument("--label", default="", help="free text recorded in the header (e.g. 'cpu-reduced')")
@@ -133,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("no config given: pass --config FILE (e.g. pipelines/configs/anytime6.yaml)")
     check_job_paths(args.out_dir, args.config, args.overrides)  # relative outputs are lost under `ray job submit`
     methods = parse_list(args.methods, "methods")
+    if args.reference is not None and args.reference not in methods:
+        raise InputError(f"--reference: '{args.reference}' is not among --methods ({', '.join(methods)})")
+    reference = args.reference or REFERENCE  # the default may be absent: then no base row and no pairing
     seeds = parse_list(args.seeds, "seeds", int)
     out = args.out_dir.expanduser().resolve()
     archive = args.archive.expanduser().resolve() if args.archive else None
@@ -175,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.score and not set(args.score) <= set(available_scores(runs)):
         raise InputError(f"--score {', '.join(args.score)}: not in every run's anytime.json "
                          f"(available: {', '.join(available_scores(runs))})")
-    results = build_results(runs, seeds, cells=load_cells(out, methods, seeds), scores_wanted=args.score)
+    results = build_results(runs, seeds, reference=reference, cells=load_cells(out, methods, seeds),
+                            scores_wanted=args.score)
     for item in results["missing"]:
         error = out / item["method"] / f"seed{item['seed']}" / "error.txt"
         item["reason"] = failed.get((item["method"], item["seed"])) or (

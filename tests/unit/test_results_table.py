@@ -236,6 +236,24 @@ def test_script_report_only(tmp_path, runs):
                      "--out-dir", str(tmp_path), "--report-only"])
 
 
+def test_script_pairs_against_another_reference(tmp_path, runs):
+    for m, by_seed in runs.items():
+        for s, r in by_seed.items():
+            (tmp_path / m / f"seed{s}").mkdir(parents=True)
+            (tmp_path / m / f"seed{s}" / "anytime.json").write_text(json.dumps(r))
+    script = _script()
+    args = ["--config", str(REPO / "pipelines/configs/anytime6.yaml"), "--seeds", "0,1,2", "--out-dir", str(tmp_path),
+            "--report-only"]
+    assert script.main([*args, "--methods", "ncl,hprompt", "--reference", "hprompt"]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["reference"] == "hprompt" and list(data["scores"]["accuracy"]["paired_vs_reference"]) == ["base", "ncl"]
+    paired = data["scores"]["accuracy"]["paired_vs_reference"]["ncl"]["A_all"]
+    assert paired["mean"] == pytest.approx(mean(n - h for n, h in zip(NCL_A_ALL, HP_A_ALL)))
+    assert "paired difference vs hprompt (method - hprompt" in (tmp_path / "results.md").read_text()
+    with pytest.raises(InputError, match="--reference: 'coca' is not among --methods"):
+        script.main([*args, "--methods", "ncl,hprompt", "--reference", "coca"])
+
+
 def test_archive_keeps_the_small_files_in_a_layout_report_only_reads(tmp_path, runs):
     script = _script()
     run_dir = tmp_path / "out" / "ncl" / "seed0"
