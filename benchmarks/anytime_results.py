@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--methods", default="ncl,hprompt,uegp,moegp,coca,repcali,full",
-                        help="comma-separated method presets (pipelines/configs/methods/*.yaml); ncl is the reference")
+                        help="comma-separated method presets (pipelines/configs/methods/*.yaml); ncl is the default --reference")
     parser.add_argument("--reference", default=None,
                         help="the method every other is paired against, and whose row 0 is the base row "
                              f"(default {REFERENCE}; e.g. --reference hprompt_ftprompts --methods hprompt_ftprompts,hprompt "

@@ -213,11 +213,16 @@ def _script():
     return mod
 
 
-def test_script_report_only(tmp_path, runs):
+def write_runs(out, runs: dict) -> None:
+    """OUT/<method>/seed<s>/anytime.json for every run, the layout the script reads."""
     for m, by_seed in runs.items():
         for s, r in by_seed.items():
-            (tmp_path / m / f"seed{s}").mkdir(parents=True)
-            (tmp_path / m / f"seed{s}" / "anytime.json").write_text(json.dumps(r))
+            (out / m / f"seed{s}").mkdir(parents=True)
+            (out / m / f"seed{s}" / "anytime.json").write_text(json.dumps(r))
+
+
+def test_script_report_only(tmp_path, runs):
+    write_runs(tmp_path, runs)
     script = _script()
     code = script.main(["--config", str(REPO / "pipelines/configs/anytime6.yaml"), "--methods", "ncl,hprompt,full",
                         "--seeds", "0,1,2", "--out-dir", str(tmp_path), "--label", "unit", "--report-only"])
@@ -237,10 +242,7 @@ def test_script_report_only(tmp_path, runs):
 
 
 def test_script_pairs_against_another_reference(tmp_path, runs):
-    for m, by_seed in runs.items():
-        for s, r in by_seed.items():
-            (tmp_path / m / f"seed{s}").mkdir(parents=True)
-            (tmp_path / m / f"seed{s}" / "anytime.json").write_text(json.dumps(r))
+    write_runs(tmp_path, runs)
     script = _script()
     args = ["--config", str(REPO / "pipelines/configs/anytime6.yaml"), "--seeds", "0,1,2", "--out-dir", str(tmp_path),
             "--report-only"]
