@@ -16,7 +16,9 @@ copied affine is not the identity on H: LN(H) = gamma * norm(H) + beta != H (on 
 through that LayerNorm moves Z away from LN(H + lambda C(H)) only by H - LN(H), a term that
 does not depend on C, and gives
     - Z = H bit for bit at initialisation (C = 0: c = 0, or W_up = 0 and b = 0), for any lambda;
-    - Z = H always when lambda = 0: the block is off and fine-tuning is exactly the baseline.
+    - Z = H always when lambda = 0: the block is off and fine-tuning is exactly the baseline
+      (the block returns H itself: through the formula, dL/dH would be (g + x) - x, which rounds
+      differently from g, and one CPU-study cell moved 0.022 from that alone, docs/results.md).
 The bias beta cancels in the difference, so the block's LayerNorm keeps only its scale gamma
 (copied from the encoder's final LayerNorm, with its eps); a bias would be a dead parameter.
 
@@ -79,6 +81,8 @@ class RepCali(nn.Module):
         return self.vector if self.rank == 0 else self.up(F.gelu(self.down(hidden)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.lam == 0:  # off: the formula's forward is H too, but its backward adds x - x to dL/dH
+            return hidden
         shape = hidden.shape[-1:]
         shifted = F.layer_norm(hidden + self.lam * self.correction(hidden), shape, eps=self.eps)
         return hidden + self.gamma * (shifted - F.layer_norm(hidden, shape, eps=self.eps))

@@ -83,6 +83,25 @@ def test_lambda_zero_is_off_even_after_training(mlm, batch, rank):
     assert torch.equal(_logits(mlm, batch, block), _logits(mlm, batch, None))
 
 
+def _backbone_grads(mlm: MaskedLM, batch: TaskBatch, calibration: RepCali | None) -> list[torch.Tensor]:
+    mlm.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(_logits(mlm, batch, calibration), batch.labels).backward()
+    grads = [p.grad.clone() for p in mlm.parameters() if p.grad is not None]
+    mlm.zero_grad(set_to_none=True)
+    return grads
+
+
+@pytest.mark.parametrize("rank", [0, 8])
+def test_lambda_zero_leaves_the_backbone_gradients_bit_identical(mlm, batch, rank):
+    block = build_repcali(RepCaliConfig(rank=rank, lam=0.0), mlm.backbone)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_()
+    with_block, without = _backbone_grads(mlm, batch, block), _backbone_grads(mlm, batch, None)
+    assert len(with_block) == len(without) > 0
+    assert all(torch.equal(a, b) for a, b in zip(with_block, without))
+
+
 @pytest.mark.parametrize("rank", [0, 8])
 def test_gradient_reaches_the_block(mlm, batch, rank):
     block = build_repcali(RepCaliConfig(rank=rank, lam=1.0), mlm.backbone)
