@@ -195,14 +195,17 @@ class Pipeline:
         jsonl.parent.mkdir(parents=True, exist_ok=True)
         storage = cfg.ray.storage_path or str(self.run.storage_path)
         run_key = hashlib.sha256(str(self.run.root).encode()).hexdigest()[:8]
+        experiment = f"{self.run.root.name}-{run_key}-stage{index:02d}-{domain}"
         t0 = time.time()
-        checkpoint = train_stage(spec, f"{self.run.root.name}-{run_key}-stage{index:02d}-{domain}", storage, jsonl)
+        checkpoint = train_stage(spec, experiment, storage, jsonl)
         final = self.run.stage(index, domain)
         tmp = staging_dir(final)
         with checkpoint.as_directory() as src:
             for name in ("model.safetensors", "plugins.safetensors", "plugins.json", "meta.json"):
                 shutil.copy(Path(src) / name, tmp / name)
         publish_dir(tmp, final)
+        if not cfg.ray.storage_path:  # run-local Ray Train storage: nothing reads a published stage's from here on
+            shutil.rmtree(Path(storage) / experiment, ignore_errors=True)
         print(f"stage {index} ({domain}): done in {time.time() - t0:.0f}s", flush=True)
         self.progress.stage_finished(time.time() - t0)
         self.progress.report()
