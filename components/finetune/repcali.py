@@ -18,7 +18,7 @@ does not depend on C, and gives
     - Z = H bit for bit at initialisation (C = 0: c = 0, or W_up = 0 and b = 0), for any lambda;
     - Z = H always when lambda = 0: the block is off and fine-tuning is exactly the baseline
       (the block returns H itself: through the formula, dL/dH would be (g + x) - x, which rounds
-      differently from g, and one CPU-study cell moved 0.022 from that alone, docs/results.md).
+      differently from g; that alone moved CPU-study cells by up to 0.037, docs/results.md).
 The bias beta cancels in the difference, so the block's LayerNorm keeps only its scale gamma
 (copied from the encoder's final LayerNorm, with its eps); a bias would be a dead parameter.
 
