@@ -239,6 +239,7 @@ class RepCaliConfig:
     rank: int = field(default=0, metadata=_range(0))
     lam: float = field(default=1.0, metadata=_range(0))
     mlm_head: bool = False
+    lr: float | None = field(default=None, metadata=_range(0, lo_open=True))  # None: finetune.lr (the encoder's)
 
 
 @dataclass

@@ -102,6 +102,18 @@ def _better(new: float, best: float) -> bool:
     return not math.isnan(new) and (math.isnan(best) or new > best)
 
 
+def param_groups(model: TaskModel, cfg: FinetuneConfig) -> list[dict]:
+    """AdamW groups: the encoder at cfg.lr, each plug-in with its own `lr` at that rate, every other
+    new parameter (task head, plug-ins without a rate) at cfg.head_lr. Frozen parameters are left out."""
+    own = {id(p): plugin.lr for plugin in model.plugins if plugin.lr is not None for p in plugin.parameters()}
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            lr = cfg.lr if n.startswith("mlm.") else own.get(id(p), cfg.head_lr)
+            groups.setdefault(lr, []).append(p)
+    return [{"params": ps, "lr": lr} for lr, ps in groups.items()]
+
+
 def finetune(
     model: TaskModel,
     plugins: list[FinetunePlugin],
@@ -118,10 +130,7 @@ def finetune(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.to(device).train()
-    backbone = [p for n, p in model.named_parameters() if n.startswith("mlm.") and p.requires_grad]
-    new = [p for n, p in model.named_parameters() if not n.startswith("mlm.") and p.requires_grad]
-    optimizer = fused_adamw([{"params": backbone, "lr": cfg.lr}, {"params": new, "lr": cfg.head_lr}],
-                            weight_decay=cfg.weight_decay)
+    optimizer = fused_adamw(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     n = len(train["labels"])
     per_epoch = max(1, -(-n // cfg.batch_size))
     total = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)

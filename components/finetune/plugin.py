@@ -36,9 +36,12 @@ class FinetunePlugin(nn.Module):
       pools_at_slot(cfg)                   the task head reads e(x) at that slot (else finetune.pooling)
     Model hooks (called by TaskModel.forward): prefix(batch), calibrate(hidden).
     Loop hooks: set_progress(step, total), loss_terms(model, batch, out).
+    `lr`: the learning rate of the plug-in's own parameters; None trains them with the task head
+    at finetune.head_lr.
     """
 
     name = "plugin"
+    lr: float | None = None
 
     def __init__(self) -> None:
         super().__init__()

@@ -102,10 +102,11 @@ class RepCaliPlugin(FinetunePlugin):
 
     name = "repcali"
 
-    def __init__(self, block: RepCali, calibrates_mlm_head: bool = False):
+    def __init__(self, block: RepCali, calibrates_mlm_head: bool = False, lr: float | None = None):
         super().__init__()
         self.block = block
         self.calibrates_mlm_head = calibrates_mlm_head
+        self.lr = lr
 
     @classmethod
     def enabled(cls, cfg: Config) -> bool:
@@ -117,7 +118,8 @@ class RepCaliPlugin(FinetunePlugin):
         block = build_repcali(r, mlm.backbone)
         share = block.num_parameters() / sum(p.numel() for p in mlm.parameters())
         note = f"RepCali rank {r.rank}: {block.num_parameters():,} parameters ({100 * share:.3f}% of the model)"
-        return cls(block, calibrates_mlm_head=r.mlm_head), [note]
+        lr = cfg.finetune.lr if r.lr is None else r.lr  # the encoder's rate: the block moves H as the encoder does
+        return cls(block, calibrates_mlm_head=r.mlm_head, lr=lr), [note + f", lr {lr:g}"]
 
     def calibrate(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.block(hidden)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from components.config import RepCaliConfig
+from components.config import REPO_ROOT, RepCaliConfig, load_config
+from components.finetune.loop import param_groups
 from components.finetune.repcali import RepCali, RepCaliPlugin, build_repcali, final_layer_norm, parameter_count
 from components.models.loading import load_masked_lm, load_tokenizer
 from components.models.masked_lm import MaskedLM
@@ -108,3 +109,18 @@ def test_gradient_reaches_the_block(mlm, batch, rank):
     for name, p in block.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     mlm.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("block_lr, expected", [(None, 3e-4), (5e-3, 5e-3)])
+def test_block_trains_at_its_own_rate(mlm, block_lr, expected):
+    """finetune.repcali.lr (None: the encoder's finetune.lr) reaches the optimizer; the head keeps head_lr."""
+    cfg = load_config([REPO_ROOT / "pipelines/configs/default.yaml"],
+                      ["finetune.lr=3e-4", "finetune.head_lr=1e-3", "finetune.repcali.enabled=true",
+                       f"finetune.repcali.lr={'null' if block_lr is None else block_lr}"])
+    plugin, notes = RepCaliPlugin.build(cfg, mlm, None, None, None, None)
+    model = TaskModel(mlm, num_labels=3, plugins=[plugin])
+    rate = {id(p): g["lr"] for g in param_groups(model, cfg.finetune) for p in g["params"]}
+    assert {rate[id(p)] for p in plugin.parameters()} == {expected}
+    assert {rate[id(p)] for p in model.head.parameters()} == {1e-3}
+    assert {rate[id(p)] for p in mlm.parameters() if p.requires_grad} == {3e-4}
+    assert len(rate) == sum(p.requires_grad for p in model.parameters()) and f"lr {expected:g}" in notes[0]
