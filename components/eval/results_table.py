@@ -26,6 +26,10 @@ so its metrics are those of its own matrix (``all_metrics``).
   ``test_predicted_counts`` has a single non-zero entry) is flagged, and the flagged cells are
   counted per method (``collapse`` in results.json, a section of results.md). Runs without cell
   records (``cells/*.json``; archives made before they were kept) are counted as unchecked.
+  Beside it, per method and task, the test predictions summed over the checked cells against the
+  true label counts, and the mean over cells of the total-variation distance between a cell's
+  predicted and true label distributions, TV = 1/2 sum_k |p_k/n - t_k/n| (``by_task``): a method
+  that drifts to the majority class without collapsing shows it there.
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ def collapse_summary(cells: Mapping[str, Mapping[int, "list[dict] | None"]], see
     with seed, stage, task, the class, and its test majority rate), and runs without records."""
     out: dict[str, Any] = {}
     for m, by_seed in cells.items():
-        checked, flagged, unchecked = 0, [], []
+        checked, flagged, unchecked, by_task = 0, [], [], {}
         for s in seeds:
             records = by_seed.get(s)
             if records is None:
@@ -151,14 +155,30 @@ def collapse_summary(cells: Mapping[str, Mapping[int, "list[dict] | None"]], see
                 if not c.get("test_predicted_counts"):
                     continue
                 checked += 1
+                _add_to_task_totals(by_task, c)
                 cls = single_class(c)
                 if cls is not None:
                     labels = c.get("test_label_counts") or []
                     flagged.append({"seed": s, "stage": c["stage"], "task": c["task"], "predicted": cls,
                                     "majority_rate": max(labels) / sum(labels) if sum(labels) else None})
+        for t in by_task.values():
+            t["tv_mean"] = t.pop("tv_sum") / t["cells"]
         out[m] = {"cells_checked": checked, "single_class": len(flagged), "flagged": flagged,
-                  "seeds_without_records": unchecked}
+                  "seeds_without_records": unchecked, "by_task": by_task}
     return out
+
+
+def _add_to_task_totals(by_task: dict, cell: Mapping[str, Any]) -> None:
+    pred, true = cell["test_predicted_counts"], cell.get("test_label_counts")
+    if not true or len(true) != len(pred) or not sum(true):
+        return
+    t = by_task.setdefault(cell["task"], {"label_names": cell.get("label_names"), "cells": 0, "tv_sum": 0.0,
+                                          "predicted": [0] * len(pred), "true": [0] * len(true)})
+    n = sum(true)
+    t["cells"] += 1
+    t["tv_sum"] += 0.5 * sum(abs(p - q) for p, q in zip(pred, true)) / n
+    t["predicted"] = [a + b for a, b in zip(t["predicted"], pred)]
+    t["true"] = [a + b for a, b in zip(t["true"], true)]
 
 
 def available_scores(runs: Runs) -> list[str]:
@@ -350,7 +370,22 @@ def _collapse_lines(collapse: Mapping[str, Any]) -> list[str]:
         rate = "" if f["majority_rate"] is None else f" (test majority rate {f['majority_rate']:.3f})"
         lines.append(f"- {m} seed {f['seed']}, stage {f['stage']}, task {f['task']}: every test example "
                      f"'{f['predicted']}'{rate}")
-    return lines + ([""] if flagged else [])
+    lines += [""] if flagged else []
+    tasks = sorted({t for c in collapse.values() for t in c.get("by_task", {})})
+    if not tasks:
+        return lines
+    lines += ["### Predicted classes per task (test predictions summed over the checked cells)", "",
+              "Each cell: predicted / true count per class; TV = mean over cells of the total-variation "
+              "distance between the predicted and the true label distribution.", ""]
+    for task in tasks:
+        found = [(m, c["by_task"][task]) for m, c in collapse.items() if task in c.get("by_task", {})]
+        n = len(found[0][1]["true"])
+        names = found[0][1]["label_names"] or [str(k) for k in range(n)]
+        rows = [[m, str(t["cells"]), f"{t['tv_mean']:.4f}", *(f"{p} / {q}" for p, q in zip(t["predicted"], t["true"]))]
+                for m, t in found]
+        head = ["method", "cells", "TV", *names]
+        lines += [f"{task}:", ""] + markdown_table(head, rows) + [""]
+    return lines
 
 
 # ----------------------------------------------------------------------------- loading

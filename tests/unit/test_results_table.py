@@ -290,7 +290,15 @@ def test_collapse_guard_flags_single_class_cells_and_counts_them_per_method(runs
                          2: []}}
     res = build_results(runs, [0, 1, 2], cells=cells)
     col = res["collapse"]
-    assert col["ncl"] == {"cells_checked": 3, "single_class": 0, "flagged": [], "seeds_without_records": [2]}
+    by_task = col["ncl"]["by_task"]
+    assert {k: v for k, v in col["ncl"].items() if k != "by_task"} == {
+        "cells_checked": 3, "single_class": 0, "flagged": [], "seeds_without_records": [2]}
+    # predictions summed per task against the true counts; TV = 1/2 sum |p - t| / n, averaged over cells
+    assert by_task["d1"]["predicted"] == [14, 4, 2] and by_task["d1"]["true"] == [12, 6, 2]
+    assert by_task["d1"]["cells"] == 2 and by_task["d1"]["tv_mean"] == pytest.approx((0.1 + 0.3) / 2)
+    assert by_task["d2"] == {"label_names": ["a", "b"], "cells": 1, "predicted": [4, 6], "true": [6, 3],
+                             "tv_mean": pytest.approx(2.5 / 9)}
+    assert col["hprompt"]["by_task"]["d1"]["predicted"] == [0, 10, 10]
     assert col["hprompt"]["cells_checked"] == 3 and col["hprompt"]["single_class"] == 3  # regression cell skipped
     assert col["hprompt"]["flagged"][0] == {"seed": 0, "stage": 1, "task": "d1", "predicted": "b",
                                             "majority_rate": 0.6}
@@ -298,6 +306,8 @@ def test_collapse_guard_flags_single_class_cells_and_counts_them_per_method(runs
     assert "## Collapse guard: cells that predict a single class" in md
     assert "| hprompt | 3 | **3** | - |" in md and "| ncl | 3 | 0 | 2 |" in md
     assert "- hprompt seed 1, stage 2, task d1: every test example 'c' (test majority rate 0.600)" in md
+    assert "### Predicted classes per task" in md
+    assert "| ncl | 2 | 0.2000 | 14 / 12 | 4 / 6 | 2 / 2 |" in md and "| hprompt | 1 | 0.3889 | 10 / 6 | 0 / 3 |" in md
     json.dumps(res)  # results.json stays serialisable
 
 
